@@ -1,0 +1,38 @@
+// How threads share a CSR product: by nonzeros, not rows, so one dense row cannot leave
+// the other threads idle.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+// Internal linkage on purpose: this header is compiled into translation units with
+// different ISA flags, and one shared inline copy could carry AVX-512 code into the
+// scalar path (the linker keeps any one of them).
+namespace sparsekern::cpu {
+namespace {
+
+// First row of part `part` of `parts` with about equal nonzeros (part == parts gives rows).
+inline int64_t nnz_balanced_row(const int64_t* row_ptr, int64_t rows, int part, int parts) {
+  if (part <= 0) return 0;
+  if (part >= parts) return rows;
+  const int64_t nnz = row_ptr[rows];
+  // Split at equal shares of nonzeros plus one per row, so empty rows still spread out.
+  const double target = double(nnz + rows) * part / parts;
+  int64_t lo = 0, hi = rows;
+  while (lo < hi) {  // first row r with row_ptr[r] + r >= target
+    const int64_t mid = (lo + hi) / 2;
+    if (double(row_ptr[mid] + mid) < target) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}
+
+// Threads worth starting: one per ~32k multiply-adds, since waking a thread costs a few
+// microseconds, which a small layer at batch 1 does not repay.
+inline int useful_threads(int64_t nnz, int64_t batch, int requested) {
+  const int64_t work = nnz * std::max<int64_t>(batch, 1);
+  const int64_t by_work = std::max<int64_t>(1, work / 32768);
+  return int(std::max<int64_t>(1, std::min<int64_t>(requested, by_work)));
+}
+
+}  // namespace
+}  // namespace sparsekern::cpu

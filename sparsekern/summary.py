@@ -1,0 +1,66 @@
+"""sparsekern.summary(model): a per-layer table of format, shape, sparsity and bytes."""
+from typing import List, NamedTuple
+
+from torch import nn
+
+from .nn import SparseLinear
+
+
+class LayerRow(NamedTuple):
+    name: str
+    format: str
+    out_features: int
+    in_features: int
+    sparsity: float
+    weight_bytes: int
+    dense_bytes: int
+    note: str
+
+
+class Summary:
+    """Rows for every SparseLinear and nn.Linear of a model; str() gives the table."""
+
+    def __init__(self, rows: List[LayerRow]):
+        self.rows = rows
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(r.weight_bytes for r in self.rows)
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(r.dense_bytes for r in self.rows)
+
+    def __str__(self) -> str:
+        header = ("layer", "format", "shape (out x in)", "sparsity", "weight bytes", "vs dense", "note")
+        lines = [header]
+        for r in self.rows:
+            lines.append((r.name, r.format, f"{r.out_features} x {r.in_features}", f"{r.sparsity:.1%}",
+                          f"{r.weight_bytes:,}", f"{r.weight_bytes / max(r.dense_bytes, 1):.2f}x", r.note))
+        total = self.dense_bytes
+        lines.append(("total", "", "", "", f"{self.weight_bytes:,}",
+                      f"{self.weight_bytes / max(total, 1):.2f}x", ""))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+        text.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(text)
+
+    __repr__ = __str__
+
+
+def summary(model: nn.Module) -> Summary:
+    """Per layer: format, shape, sparsity, bytes of the stored weight and of its dense form."""
+    rows = []
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            dtype = (module.values if module.format == "csr" else module.weight).dtype
+            dense = module.in_features * module.out_features * dtype.itemsize
+            rows.append(LayerRow(name or "(model)", module.format, module.out_features, module.in_features,
+                                 module.sparsity, module.weight_bytes, dense, module.choice_note))
+        elif isinstance(module, nn.Linear):
+            w = module.weight
+            zeros = 1 - float(w.count_nonzero()) / max(w.numel(), 1)
+            rows.append(LayerRow(name or "(model)", "nn.Linear", module.out_features, module.in_features,
+                                 zeros, w.numel() * w.element_size(), w.numel() * w.element_size(),
+                                 "not sparsified"))
+    return Summary(rows)
