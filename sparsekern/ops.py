@@ -28,22 +28,27 @@ _INDEX_NAMES = {torch.uint16: "uint16", torch.int32: "int32"}
 
 def check_csr_linear_args(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
                           bias: Optional[Tensor], in_features: int, out_features: int) -> None:
-    """The argument checks shared by the real and the fake kernels (shapes, dtypes, devices)."""
-    if x.dim() < 1 or x.shape[-1] != in_features:
-        raise ValueError(f"x.shape[-1] = {x.shape[-1] if x.dim() else None}, expected in_features = {in_features}")
+    """The argument checks shared by the real and the fake kernels (shapes, dtypes, devices).
+
+    On the eager path of every call: kept to cheap attribute reads.
+    """
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x.shape[-1] = {x.shape[-1] if x.ndim else None}, expected in_features = {in_features}")
     if not x.is_floating_point():
         raise TypeError(f"x.dtype = {x.dtype}, expected a floating point dtype")
-    if row_ptr.dtype != torch.int64 or row_ptr.dim() != 1 or row_ptr.shape[0] != out_features + 1:
+    if row_ptr.dtype != torch.int64 or row_ptr.ndim != 1 or row_ptr.shape[0] != out_features + 1:
         raise ValueError(f"row_ptr must be int64 [out_features + 1 = {out_features + 1}], "
                          f"got {row_ptr.dtype} {tuple(row_ptr.shape)}")
-    if col_idx.dtype not in _INDEX_NAMES or col_idx.dim() != 1:
+    if col_idx.dtype not in _INDEX_NAMES or col_idx.ndim != 1:
         raise TypeError(f"col_idx must be 1-D uint16 or int32, got {col_idx.dtype} {tuple(col_idx.shape)}")
-    if values.dim() != 1 or values.shape[0] != col_idx.shape[0]:
+    if values.ndim != 1 or values.shape[0] != col_idx.shape[0]:
         raise ValueError(f"values.shape = {tuple(values.shape)}, expected ({col_idx.shape[0]},) like col_idx")
     if not values.is_floating_point():
         raise TypeError(f"values.dtype = {values.dtype}, expected a floating point dtype")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_features):
+    if bias is not None and (bias.ndim != 1 or bias.shape[0] != out_features):
         raise ValueError(f"bias.shape = {tuple(bias.shape)}, expected ({out_features},)")
+    if x.is_cpu and row_ptr.is_cpu and col_idx.is_cpu and values.is_cpu and (bias is None or bias.is_cpu):
+        return
     for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("values", values), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
@@ -78,28 +83,29 @@ def csr_linear_eager(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor
             y = y + bias.to(dtype)
         return y.to(x.dtype).reshape(*lead, out_features)
 
-    x2 = x.reshape(-1, in_features)
+    x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
     batch = x2.shape[0]
     # The kernel reads float32 rows with unit column stride, each row at least a row apart.
     if x2.dtype != torch.float32 or x2.stride(-1) != 1 or (batch > 1 and x2.stride(0) < in_features):
         x2 = x2.to(torch.float32).contiguous()
-    row_ptr = row_ptr.contiguous()
-    col_idx = col_idx.contiguous()
-    values = values.detach().contiguous()
-    if bias is not None:
+    if not (row_ptr.is_contiguous() and col_idx.is_contiguous() and values.is_contiguous()):
+        row_ptr, col_idx, values = row_ptr.contiguous(), col_idx.contiguous(), values.contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.detach().to(torch.float32).contiguous()
     isa = isa or _backend.cpu_isa()
-    y = torch.empty(batch, out_features, dtype=torch.float32)
+    y = torch.empty((batch, out_features), dtype=torch.float32)
     workspace_floats = _backend._C.csr_spmm_workspace_floats(isa, batch, in_features)
     # torch's CPU allocator aligns to 64 bytes, as the batched kernel's tiles need.
-    workspace = torch.empty(workspace_floats, dtype=torch.float32)
+    workspace = torch.empty(workspace_floats, dtype=torch.float32) if workspace_floats else None
     _backend._C.csr_spmm_cpu(
         isa, out_features, in_features, col_idx.shape[0], row_ptr.data_ptr(), col_idx.data_ptr(),
         _INDEX_NAMES[col_idx.dtype], values.data_ptr(), _KERNEL_VALUES[values.dtype],
         x2.data_ptr(), batch, x2.stride(0) if batch > 1 else in_features,
-        bias.data_ptr() if bias is not None else 0, y.data_ptr(), workspace.data_ptr(),
-        workspace_floats, torch.get_num_threads())
-    return y.to(x.dtype).reshape(*lead, out_features)
+        bias.data_ptr() if bias is not None else 0, y.data_ptr(),
+        workspace.data_ptr() if workspace is not None else 0, workspace_floats, torch.get_num_threads())
+    if x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y if x.ndim == 2 else y.reshape(*lead, out_features)
 
 
 @torch.library.custom_op("sparsekern::csr_linear", mutates_args=())
