@@ -13,6 +13,7 @@ x.dtype. Other dtypes (float64 for gradcheck, float16 values) take torch.sparse.
 `csr_linear_eager` is the same computation without the dispatcher (about 9 us cheaper per
 call); SparseLinear uses it when nothing traces or records gradients.
 """
+import warnings
 from typing import Optional
 
 import torch
@@ -56,8 +57,12 @@ def check_csr_linear_args(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: T
 
 def _as_torch_csr(row_ptr: Tensor, col_idx: Tensor, values: Tensor, in_features: int,
                   dtype: torch.dtype) -> Tensor:
-    return torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values.to(dtype),
-                                   size=(row_ptr.shape[0] - 1, in_features))
+    """A torch sparse CSR view of the buffers, for the paths the compiled kernels lack."""
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per call
+        warnings.simplefilter("ignore", UserWarning)
+        # Buffers reaching an op were validated when they were made or loaded.
+        return torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values.to(dtype),
+                                       size=(row_ptr.shape[0] - 1, in_features), check_invariants=False)
 
 
 def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:

@@ -1,0 +1,58 @@
+"""Shared test helpers: the float64 masked-dense reference and the one tolerance table."""
+import math
+
+import pytest
+import torch
+
+import sparsekern
+
+# Relative error allowed per unit of sqrt(K), by the dtype the result is rounded to: float32
+# accumulation error grows like sqrt(K) * eps; bf16/fp16 outputs add their own rounding.
+TOLERANCE = {
+    torch.float64: 1e-13,
+    torch.float32: 1e-5,
+    torch.bfloat16: 1e-2,
+    torch.float16: 2e-3,
+}
+
+ALL_ISAS = ("scalar", "avx2", "avx512")
+
+
+def reference_linear(x, weight, bias=None):
+    """x.double() @ weight.double().T + bias: weight already masked, as stored."""
+    y = x.double() @ weight.double().T
+    if bias is not None:
+        y = y + bias.double()
+    return y
+
+
+def assert_matches_reference(y, x, weight, bias=None):
+    """y agrees with the float64 reference within TOLERANCE[y.dtype] * sqrt(K), relative to the
+    size of the terms summed (|x| @ |W|.T + |b|), so cancellation cannot hide or fake errors."""
+    assert y.shape == (*x.shape[:-1], weight.shape[0]), (y.shape, x.shape, weight.shape)
+    ref = reference_linear(x, weight, bias)
+    scale = x.double().abs() @ weight.double().abs().T
+    if bias is not None:
+        scale = scale + bias.double().abs()
+    k = max(x.shape[-1], 1)
+    tol = TOLERANCE[y.dtype] * math.sqrt(k) * (scale + 1e-30)
+    err = (y.double() - ref).abs()
+    worst = (err / tol).max().item() if err.numel() else 0.0
+    assert worst <= 1.0, f"error {worst:.2f}x over tolerance (max abs err {err.max().item():.3g})"
+
+
+def random_sparse_weight(out_features, in_features, density, dtype=torch.float32, generator=None):
+    """Kept values are never zero (1 + rand, random sign) so the mask is unambiguous."""
+    g = generator or torch.Generator().manual_seed(0)
+    mask = torch.rand(out_features, in_features, generator=g) < density
+    sign = torch.where(torch.rand(out_features, in_features, generator=g) < 0.5, -1.0, 1.0)
+    weight = (1 + torch.rand(out_features, in_features, generator=g)) * sign * mask
+    return weight.to(dtype), mask
+
+
+@pytest.fixture(params=ALL_ISAS)
+def isa(request):
+    """Every CPU kernel variant, skipped where this CPU lacks it."""
+    if request.param not in sparsekern.supported_cpu_isas():
+        pytest.skip(f"this CPU cannot run {request.param}")
+    return request.param

@@ -1,0 +1,213 @@
+"""SparseLinear, sparsify and summary: the public API contract of DESIGN.md."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import sparsekern as sk
+from sparsekern.formats import csr
+
+from conftest import assert_matches_reference, random_sparse_weight
+
+
+def pruned_linear(in_features=24, out_features=16, density=0.3, bias=True, seed=0):
+    torch.manual_seed(seed)
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    weight, mask = random_sparse_weight(out_features, in_features, density,
+                                        generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return linear
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_dense_to_dense_is_exact(bias):
+    linear = pruned_linear(bias=bias)
+    layer = sk.SparseLinear.from_dense(linear)
+    back = layer.to_dense()
+    assert isinstance(back, nn.Linear)
+    assert torch.equal(back.weight, linear.weight)
+    assert (back.bias is None) == (not bias)
+    if bias:
+        assert torch.equal(back.bias, linear.bias)
+
+
+@pytest.mark.parametrize("shape", [(5, 24), (2, 3, 24), (24,), (0, 24)])
+def test_forward_matches_reference_any_leading_dims(shape):
+    linear = pruned_linear()
+    layer = sk.SparseLinear.from_dense(linear)
+    x = torch.randn(shape)
+    for grad_mode in (torch.no_grad, torch.enable_grad):
+        with grad_mode():
+            y = layer(x)
+        assert_matches_reference(y, x, linear.weight, linear.bias)
+
+
+def test_non_contiguous_input_and_no_bias():
+    linear = pruned_linear(bias=False)
+    layer = sk.SparseLinear.from_dense(linear)
+    x = torch.randn(24, 10).t()
+    assert_matches_reference(layer(x), x, linear.weight)
+
+
+def test_mask_sources_torch_prune_explicit_and_zeros():
+    linear = pruned_linear(density=1.0)
+    torch_prune.random_unstructured(linear, "weight", amount=0.6)
+    layer = sk.SparseLinear.from_dense(linear)
+    assert torch.equal(csr.mask_of(layer.csr(), (16, 24)), linear.weight_mask.bool())
+    x = torch.randn(3, 24)
+    assert_matches_reference(layer(x), x, linear.weight, linear.bias)
+
+    explicit = torch.zeros(16, 24, dtype=torch.bool)
+    explicit[0, :5] = True
+    layer = sk.SparseLinear.from_dense(pruned_linear(density=1.0), mask=explicit)
+    assert layer.nnz == 5
+    with pytest.raises(ValueError, match=r"mask.shape = \(24, 16\), expected weight.shape = \(16, 24\)"):
+        sk.SparseLinear.from_dense(linear, mask=explicit.t())
+
+
+def test_properties_and_repr():
+    linear = pruned_linear(40, 10, density=0.25)
+    layer = sk.SparseLinear.from_dense(linear)
+    nnz = int(linear.weight.count_nonzero())
+    assert layer.format == "csr" and layer.nnz == nnz
+    assert layer.sparsity == pytest.approx(1 - nnz / 400)
+    text = repr(layer)
+    for part in ("in_features=40", "out_features=10", "format=csr", f"nnz={nnz}", "sparsity="):
+        assert part in text
+    dense = sk.SparseLinear.from_dense(linear, format="dense")
+    assert dense.format == "dense" and dense.nnz == nnz
+    torch.testing.assert_close(dense(torch.ones(1, 40)), layer(torch.ones(1, 40)))
+
+
+def test_to_dtype_moves_values_and_keeps_indices():
+    linear = pruned_linear()
+    layer = sk.SparseLinear.from_dense(linear).to(torch.bfloat16)
+    assert layer.values.dtype == torch.bfloat16 and layer.col_idx.dtype == torch.uint16
+    x = torch.randn(4, 24).to(torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert_matches_reference(y, x, layer.dense_weight(), layer.bias)
+
+    layer64 = sk.SparseLinear.from_dense(linear).double()
+    x64 = torch.randn(4, 24, dtype=torch.float64)
+    assert_matches_reference(layer64(x64), x64, linear.weight, linear.bias)
+
+
+def test_bf16_values_with_fp32_activations():
+    linear = pruned_linear()
+    layer = sk.SparseLinear.from_dense(linear, value_dtype=torch.bfloat16)
+    assert layer.values.dtype == torch.bfloat16 and layer.bias.dtype == torch.float32
+    x = torch.randn(7, 24)
+    y = layer(x)
+    assert y.dtype == torch.float32
+    assert_matches_reference(y, x, layer.dense_weight(), layer.bias)
+
+
+def test_state_dict_round_trip_into_skeleton():
+    layer = sk.SparseLinear.from_dense(pruned_linear())
+    skeleton = sk.SparseLinear(24, 16)
+    assert skeleton.nnz == 0
+    skeleton.load_state_dict(layer.state_dict())
+    assert skeleton.nnz == layer.nnz
+    x = torch.randn(3, 24)
+    assert torch.equal(skeleton(x), layer(x))
+
+
+def test_corrupted_state_dict_is_refused():
+    state = sk.SparseLinear.from_dense(pruned_linear()).state_dict()
+    state["col_idx"] = state["col_idx"].clone()
+    state["col_idx"][0] = 60_000
+    with pytest.raises(ValueError, match="out of range"):
+        sk.SparseLinear(24, 16).load_state_dict(state)
+
+
+def test_training_updates_values_and_keeps_the_pattern():
+    layer = sk.SparseLinear.from_dense(pruned_linear())
+    pattern = csr.mask_of(layer.csr(), (16, 24)).clone()
+    before = layer.values.detach().clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x, target = torch.randn(8, 24), torch.randn(8, 16)
+    loss = nn.functional.mse_loss(layer(x), target)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(layer.values.detach(), before)
+    assert torch.equal(csr.mask_of(layer.csr(), (16, 24)), pattern)
+    assert nn.functional.mse_loss(layer(x), target) < loss
+
+
+def mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Sequential(nn.Linear(64, 64), nn.ReLU()),
+                          nn.Linear(64, 8))
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["csr", "dense"])
+def test_sparsify_replaces_every_linear(fmt):
+    model = mlp()
+    sk.prune.magnitude(model, sparsity=0.8)
+    x = torch.randn(5, 32)
+    expected = model(x)
+    out = sk.sparsify(model, format=fmt)
+    assert out is model
+    layers = [m for m in model.modules() if isinstance(m, sk.SparseLinear)]
+    assert len(layers) == 3 and all(m.format == fmt for m in layers)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_auto_keeps_dense_layers_dense_and_says_why():
+    model = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512))
+    with torch.no_grad():
+        model[1].weight[torch.rand(512, 512) < 0.99] = 0
+    sk.sparsify(model, format="auto", progress=False)
+    assert model[0].format == "dense" and "sparsity 0%" in model[0].choice_note
+    assert model[1].format == "csr" and "csr measured" in model[1].choice_note
+    table = str(sk.summary(model))
+    assert "csr measured" in table and "sparsity 0%" in table
+
+
+def test_summary_table():
+    model = mlp()
+    sk.prune.magnitude(model, sparsity=0.9)
+    sk.sparsify(model, format="csr", progress=False)
+    report = sk.summary(model)
+    assert [r.name for r in report.rows] == ["0", "2.0", "3"]
+    assert all(r.format == "csr" for r in report.rows)
+    assert report.weight_bytes < 0.2 * report.dense_bytes
+    text = str(report)
+    assert "64 x 32" in text and "total" in text
+
+
+def test_bare_linear_is_returned_converted():
+    layer = sk.sparsify(pruned_linear(), format="csr")
+    assert isinstance(layer, sk.SparseLinear)
+
+
+def test_bad_inputs_name_the_value():
+    layer = sk.SparseLinear.from_dense(pruned_linear())
+    with pytest.raises(ValueError, match="x.shape\\[-1\\] = 23, expected in_features = 24"):
+        layer(torch.randn(2, 23))
+    with pytest.raises(TypeError, match="x.dtype = torch.int64"):
+        layer(torch.ones(2, 24, dtype=torch.int64))
+    with pytest.raises(ValueError, match="meta"):
+        layer(torch.randn(2, 24, device="meta"))
+    with pytest.raises(ValueError, match="format = '3:4'"):
+        sk.SparseLinear.from_dense(pruned_linear(), format="3:4")
+    with pytest.raises(TypeError, match="takes an nn.Linear, got Conv2d"):
+        sk.SparseLinear.from_dense(nn.Conv2d(2, 2, 1))
+    with pytest.raises(ValueError, match="nnz = 500"):
+        sk.SparseLinear(10, 10, nnz=500)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    model = mlp()
+    sk.prune.magnitude(model, sparsity=0.9)
+    sk.sparsify(model, format="csr", progress=False)
+    x = torch.randn(4, 32)
+    compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
