@@ -1,0 +1,22 @@
+"""Speed targets from the issues: minimum speedup of sparsekern over a baseline, per case.
+
+A target is checked where its case runs; `pytest benchmarks/ --enforce-targets` turns a miss
+into a failure (CI only reports them: shared machines are too noisy to gate a merge on).
+"""
+# case id -> {baseline: minimum ratio baseline_time / sparsekern_time}
+LAYER_TARGETS = {
+    "4096x4096-s0.9-b1-fp32-hot": {"dense": 8.0, "torch.sparse": 2.0},
+    "4096x4096-s0.9-b64-fp32-hot": {"dense": 5.0, "torch.sparse": 2.0},
+    "4096x4096-s0.9-b256-fp32-hot": {"dense": 4.0, "torch.sparse": 2.0},
+    "4096x4096-s0.5-b1-fp32-hot": {"dense": 1.2},
+    "3072x768-s0.9-b1-fp32-hot": {"dense": 3.0},
+    "3072x768-s0.9-b64-fp32-hot": {"dense": 3.0},
+    "768x3072-s0.9-b1-fp32-hot": {"dense": 3.0},
+    "768x3072-s0.9-b64-fp32-hot": {"dense": 3.0},
+}
+# bf16 values against fp32 values, same shape, batch 1, 90%.
+BF16_TARGETS = {"4096x4096-s0.9-b1": 1.3}
+# Whole 8-layer MLP (ANCHORS.md), sparsified vs dense torch.
+MODEL_TARGETS = {"mlp8-s0.9-b1": 4.0, "mlp8-s0.9-b64": 6.5}
+# format="auto" is never more than 5% slower than dense.
+AUTO_MIN_RATIO = 0.95

@@ -1,0 +1,64 @@
+"""Per-layer speed: sparsekern vs dense F.linear, torch.sparse.mm and scipy.sparse, CPU."""
+import itertools
+
+import pytest
+import torch
+
+import sparsekern as sk
+from sparsekern.timing import time_interleaved
+
+from sparsekern.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates
+from report import bench_mode, record
+from targets import BF16_TARGETS, LAYER_TARGETS
+
+QUICK = [
+    Case("llama-qkvo", 0.9, 1), Case("llama-qkvo", 0.9, 64), Case("bert-up", 0.9, 1),
+    Case("bert-down", 0.9, 64), Case("llama-qkvo", 0.9, 1, "bf16"), Case("bert-up", 0.9, 64, cache="cold"),
+]
+TARGETED = [
+    Case("llama-qkvo", 0.9, 1), Case("llama-qkvo", 0.9, 64), Case("llama-qkvo", 0.9, 256),
+    Case("llama-qkvo", 0.5, 1), Case("bert-up", 0.9, 1), Case("bert-up", 0.9, 64),
+    Case("bert-down", 0.9, 1), Case("bert-down", 0.9, 64),
+    Case("llama-qkvo", 0.9, 1, cache="cold"), Case("llama-qkvo", 0.9, 64, cache="cold"),
+    Case("bert-up", 0.9, 1, cache="cold"), Case("bert-up", 0.9, 64, cache="cold"),
+]
+FULL = [Case(*c) for c in itertools.product(SHAPES, SPARSITIES, BATCHES, VALUE_DTYPES, ("hot", "cold"))]
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        cases = {"quick": QUICK, "targets": TARGETED, "full": FULL}[bench_mode(metafunc.config)]
+        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+    if "bf16_shape" in metafunc.fixturenames:
+        metafunc.parametrize("bf16_shape", ["llama-qkvo"])
+
+
+def test_layer(case, benchmark, request):
+    out_features, in_features = SHAPES[case.shape]
+    cands = candidates(case, with_scipy=case.batch <= 64)
+    with torch.no_grad():
+        times = time_interleaved(cands.calls, rounds=7, round_seconds=0.02)
+        benchmark.pedantic(cands.calls["sparsekern"], rounds=5, iterations=3, warmup_rounds=1)
+    ratios = {name: t / times["sparsekern"] for name, t in times.items() if name != "sparsekern"}
+    seconds = times["sparsekern"]
+    benchmark.extra_info.update({
+        "sparsity": case.sparsity, "format": "csr", "values": case.values, "cache": case.cache,
+        "isa": sk.cpu_isa(), "batch": case.batch, "shape": [out_features, in_features],
+        "weight_bytes": cands.weight_bytes,
+        "flops_per_s": 2 * case.batch * cands.layer.nnz / seconds,
+        "dense_equivalent_flops_per_s": 2 * case.batch * out_features * in_features / seconds,
+        "median_s": times, "speedup": ratios,
+    })
+    record("layer", case.id, ratios, LAYER_TARGETS.get(case.id, {}), request.config,
+           f"(dense {times['dense'] * 1e3:.3f} ms)")
+
+
+def test_bf16_values_vs_fp32(bf16_shape, request):
+    fp32 = candidates(Case(bf16_shape, 0.9, 1, "fp32"), with_scipy=False).calls["sparsekern"]
+    bf16 = candidates(Case(bf16_shape, 0.9, 1, "bf16"), with_scipy=False).calls["sparsekern"]
+    with torch.no_grad():
+        times = time_interleaved({"fp32": fp32, "bf16": bf16}, rounds=9, round_seconds=0.02)
+    out_features, in_features = SHAPES[bf16_shape]
+    key = f"{out_features}x{in_features}-s0.9-b1"
+    record("bf16", key, {"fp32 values": times["fp32"] / times["bf16"]},
+           {"fp32 values": BF16_TARGETS.get(key, 0)}, request.config)

@@ -1,0 +1,88 @@
+"""Whole models, dense vs sparsified: the 8-layer 768<->3072 MLP of ANCHORS.md and a
+transformer encoder block; plus format='auto' against dense."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekern as sk
+from sparsekern.timing import time_interleaved
+
+from report import bench_mode, record
+from targets import AUTO_MIN_RATIO, MODEL_TARGETS
+
+
+def mlp8() -> nn.Sequential:
+    """8 x Linear alternating 768->3072 and 3072->768, ReLU between (ANCHORS.md)."""
+    torch.manual_seed(0)
+    layers = []
+    for i in range(8):
+        layers += [nn.Linear(768, 3072) if i % 2 == 0 else nn.Linear(3072, 768), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def encoder_block() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.TransformerEncoderLayer(768, 12, dim_feedforward=3072, batch_first=True).eval()
+
+
+def model_cases(config):
+    mode = bench_mode(config)
+    sparsities = {"quick": (0.9,), "targets": (0.9,), "full": (0.5, 0.7, 0.9, 0.95)}[mode]
+    batches = {"quick": (1, 64), "targets": (1, 64), "full": (1, 8, 64, 256)}[mode]
+    return [(s, b) for s in sparsities for b in batches]
+
+
+def pytest_generate_tests(metafunc):
+    if "sparsity_batch" in metafunc.fixturenames:
+        cases = model_cases(metafunc.config)
+        metafunc.parametrize("sparsity_batch", cases, ids=[f"s{s:g}-b{b}" for s, b in cases])
+
+
+def speedups(dense_model, sparse_model, x, **extra):
+    with torch.no_grad():
+        calls = {"dense": lambda: dense_model(x), "sparsekern": lambda: sparse_model(x)}
+        calls.update(extra)
+        times = time_interleaved(calls, rounds=7, round_seconds=0.05)
+    return {name: t / times["sparsekern"] for name, t in times.items() if name != "sparsekern"}, times
+
+
+def test_mlp8(sparsity_batch, request):
+    sparsity, batch = sparsity_batch
+    dense = mlp8().eval()
+    sparse = copy.deepcopy(dense)
+    sk.prune.magnitude(sparse, sparsity=sparsity, scope="layer")
+    sk.sparsify(sparse, format="csr", progress=False)
+    x = torch.randn(batch, 768)
+    ratios, times = speedups(dense, sparse, x)
+    key = f"mlp8-s{sparsity:g}-b{batch}"
+    record("model", key, ratios, {"dense": MODEL_TARGETS.get(key, 0)}, request.config,
+           f"(dense {times['dense'] * 1e3:.2f} ms)")
+
+
+def test_encoder_block(sparsity_batch, request):
+    sparsity, batch = sparsity_batch
+    dense = encoder_block()
+    sparse = copy.deepcopy(dense)
+    sk.prune.magnitude(sparse, sparsity=sparsity, scope="layer")
+    sk.sparsify(sparse, format="csr", progress=False)
+    x = torch.randn(max(1, batch // 8), 8 if batch >= 8 else batch, 768)
+    ratios, times = speedups(dense, sparse, x)
+    record("model", f"encoder-s{sparsity:g}-tokens{batch}", ratios, {}, request.config,
+           f"(dense {times['dense'] * 1e3:.2f} ms)")
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.9])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_auto_never_slower_than_dense(sparsity, batch, request):
+    dense = mlp8().eval()
+    auto = copy.deepcopy(dense)
+    sk.prune.magnitude(auto, sparsity=sparsity, scope="layer")
+    masked_dense = copy.deepcopy(auto)  # the same pruned weights, run by F.linear
+    sk.prune.finalize(masked_dense)
+    sk.sparsify(auto, format="auto", progress=False)
+    formats = sorted({m.format for m in auto.modules() if isinstance(m, sk.SparseLinear)})
+    ratios, _ = speedups(masked_dense, auto, torch.randn(batch, 768))
+    record("auto", f"mlp8-s{sparsity:g}-b{batch}", ratios, {"dense": AUTO_MIN_RATIO}, request.config,
+           f"(chose {'+'.join(formats)})")

@@ -1,0 +1,135 @@
+"""Layer benchmark cases, shared by `pytest benchmarks/` and `sparsekern bench`: shapes from
+real models, magnitude-pruned weights, and the candidates to time side by side: dense F.linear
+(the baseline), torch.sparse.mm(W_csr, x.T) (the incumbent sparse path), scipy.sparse (when
+installed) and sparsekern. Hot cache repeats one layer; cold cycles through copies whose
+bytes exceed the last-level cache.
+"""
+import math
+import warnings
+from typing import Callable, Dict, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import nn as sk_nn
+
+# (out_features, in_features) from real models.
+SHAPES = {
+    "bert-up": (3072, 768),
+    "bert-down": (768, 3072),
+    "llama-qkvo": (4096, 4096),
+    "llama-up": (11008, 4096),
+    "llama-down": (4096, 11008),
+    "square-1k": (1024, 1024),
+}
+SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+BATCHES = (1, 8, 64, 256)
+VALUE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+COLD_BYTES = 96 << 20  # cycle through more weight bytes than the 32 MiB L3 holds
+
+
+class Case(NamedTuple):
+    shape: str
+    sparsity: float
+    batch: int
+    values: str = "fp32"
+    cache: str = "hot"
+
+    @property
+    def id(self) -> str:
+        out_features, in_features = SHAPES[self.shape]
+        return (f"{out_features}x{in_features}-s{self.sparsity:g}-b{self.batch}-{self.values}"
+                f"-{self.cache}")
+
+
+_weights: Dict = {}
+
+
+def pruned_linear(shape: str, sparsity: float) -> nn.Linear:
+    """A Linear of the named shape, magnitude-pruned (unstructured) to `sparsity`, seeded."""
+    key = (shape, sparsity)
+    if key not in _weights:
+        out_features, in_features = SHAPES[shape]
+        torch.manual_seed(0)
+        linear = nn.Linear(in_features, out_features)
+        with torch.no_grad():
+            magnitude = linear.weight.abs().flatten()
+            k = int(sparsity * magnitude.numel())
+            if k > 0:
+                threshold = magnitude.kthvalue(k).values
+                linear.weight[linear.weight.abs() <= threshold] = 0
+        _weights.clear()  # keep one shape in memory: the big ones are hundreds of MB
+        _weights[key] = linear
+    return _weights[key]
+
+
+def _cycled(make: Callable[[], Callable], bytes_each: int, cache: str) -> Callable:
+    """One callable for hot cache; for cold, a callable cycling over enough copies of the
+    weights that each call finds its weights out of the last-level cache."""
+    if cache == "hot":
+        return make()
+    copies = [make() for _ in range(max(2, min(64, math.ceil(COLD_BYTES / max(bytes_each, 1)))))]
+    state = {"i": 0}
+
+    def call():
+        state["i"] = (state["i"] + 1) % len(copies)
+        return copies[state["i"]]()
+    return call
+
+
+class Candidates(NamedTuple):
+    calls: Dict[str, Callable[[], object]]
+    layer: sk_nn.SparseLinear
+    weight_bytes: Dict[str, int]
+
+
+def candidates(case: Case, with_scipy: bool = True) -> Candidates:
+    """name -> zero-argument callable computing the layer's output for one batch."""
+    linear = pruned_linear(case.shape, case.sparsity)
+    out_features, in_features = SHAPES[case.shape]
+    x = torch.randn(case.batch, in_features)
+    weight, bias = linear.weight.detach(), linear.bias.detach()
+    layer = sk_nn.SparseLinear.from_dense(linear, value_dtype=VALUE_DTYPES[case.values])
+    with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
+        warnings.simplefilter("ignore", UserWarning)
+        w_csr = weight.to_sparse_csr()
+    sizes = {"dense": weight.numel() * 4, "sparsekern": layer.weight_bytes,
+             "torch.sparse": layer.nnz * 12 + (out_features + 1) * 8}
+
+    def dense_call():
+        w = weight.clone()
+        return lambda: F.linear(x, w, bias)
+
+    def sparsekern_call():
+        copy = sk_nn.SparseLinear.from_dense(linear, value_dtype=VALUE_DTYPES[case.values])
+        return lambda: copy(x)
+
+    def torch_sparse_call():
+        w = w_csr.clone()
+        return lambda: torch.sparse.mm(w, x.t())
+
+    calls = {
+        "dense": _cycled(dense_call, sizes["dense"], case.cache),
+        "sparsekern": _cycled(sparsekern_call, sizes["sparsekern"], case.cache),
+        "torch.sparse": _cycled(torch_sparse_call, sizes["torch.sparse"], case.cache),
+    }
+    if with_scipy:
+        scipy_call = _scipy_call(weight, x)
+        if scipy_call is not None:
+            calls["scipy"] = _cycled(scipy_call, sizes["torch.sparse"], case.cache)
+    return Candidates(calls, layer, sizes)
+
+
+def _scipy_call(weight: torch.Tensor, x: torch.Tensor) -> Optional[Callable[[], Callable]]:
+    try:
+        import scipy.sparse
+    except ImportError:
+        return None
+    w = scipy.sparse.csr_matrix(weight.numpy())
+    xt = x.numpy().T.copy()
+
+    def make():
+        copy = w.copy()
+        return lambda: copy @ xt
+    return make

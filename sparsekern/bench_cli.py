@@ -1,0 +1,122 @@
+"""`sparsekern bench`: time chosen layer cases, or read a pytest-benchmark JSON; print speedups
+over dense, the break-even sparsity per shape and batch, and optionally plot them (PNG)."""
+import argparse
+import json
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .bench import SHAPES, Case, candidates
+from .timing import time_interleaved
+
+# (shape, batch) -> {sparsity: speedup over dense}
+Curves = Dict[Tuple[str, int], Dict[float, float]]
+
+
+def _parse(argv: List[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sparsekern bench", description=__doc__)
+    p.add_argument("--shapes", nargs="+", default=["bert-up", "llama-qkvo"], choices=sorted(SHAPES),
+                   help="layer shapes: " + ", ".join(f"{k}={o}x{i}" for k, (o, i) in SHAPES.items()))
+    p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9, 0.95])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--values", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--cache", choices=["hot", "cold"], default="hot")
+    p.add_argument("--json", metavar="FILE", help="read results of 'pytest benchmarks/ --benchmark-json FILE' instead of timing")
+    p.add_argument("--plot", metavar="PNG", help="write speedup vs sparsity per batch size (needs matplotlib)")
+    args = p.parse_args(argv)
+    for s in args.sparsities:
+        if not 0 <= s < 1:
+            p.error(f"sparsity {s} is outside [0, 1)")
+    for b in args.batches:
+        if b < 1:
+            p.error(f"batch {b} must be >= 1")
+    return args
+
+
+def measure(args) -> Curves:
+    from tqdm.auto import tqdm
+
+    cases = [Case(shape, s, b, args.values, args.cache)
+             for shape in args.shapes for b in args.batches for s in args.sparsities]
+    curves: Curves = defaultdict(dict)
+    for case in tqdm(cases, desc="bench", unit="case"):
+        calls = candidates(case, with_scipy=False).calls
+        with torch.no_grad():
+            times = time_interleaved({k: calls[k] for k in ("dense", "sparsekern")}, rounds=5,
+                                     round_seconds=0.02)
+        curves[(case.shape, case.batch)][case.sparsity] = times["dense"] / times["sparsekern"]
+    return curves
+
+
+def read_json(path: str) -> Curves:
+    with open(path) as f:
+        data = json.load(f)
+    curves: Curves = defaultdict(dict)
+    names = {v: k for k, v in SHAPES.items()}
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "speedup" not in info or "dense" not in info["speedup"]:
+            continue
+        shape = names.get(tuple(info["shape"]), "x".join(map(str, info["shape"])))
+        curves[(shape, info["batch"])][info["sparsity"]] = info["speedup"]["dense"]
+    if not curves:
+        raise SystemExit(f"{path}: no layer results with speedups (was it written by pytest benchmarks/?)")
+    return curves
+
+
+def break_even(points: Dict[float, float]) -> Optional[float]:
+    """The lowest sparsity from which sparsekern beats dense, linearly interpolated."""
+    items = sorted(points.items())
+    for (s0, r0), (s1, r1) in zip(items, items[1:]):
+        if r0 < 1 <= r1:
+            return s0 + (1 - r0) * (s1 - s0) / (r1 - r0)
+    if items and items[0][1] >= 1:
+        return items[0][0]  # already faster at the lowest sparsity measured
+    return None
+
+
+def report(curves: Curves) -> str:
+    sparsities = sorted({s for pts in curves.values() for s in pts})
+    header = ["shape", "batch"] + [f"{s:.0%}" for s in sparsities] + ["break-even"]
+    rows = [header]
+    for (shape, batch), pts in sorted(curves.items()):
+        even = break_even(pts)
+        rows.append([shape, str(batch)] + [f"{pts[s]:.2f}x" if s in pts else "" for s in sparsities]
+                    + [f"{even:.0%}" if even is not None else "not reached"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def plot(curves: Curves, path: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib")
+    shapes = sorted({shape for shape, _ in curves})
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        for (s, batch), pts in sorted(curves.items()):
+            if s == shape:
+                xs = sorted(pts)
+                ax.plot([x * 100 for x in xs], [pts[x] for x in xs], marker="o", label=f"batch {batch}")
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        out_features, in_features = SHAPES.get(shape, ("?", "?"))
+        ax.set(title=f"{shape} ({out_features}x{in_features})", xlabel="sparsity (%)",
+               ylabel="speedup over dense F.linear", yscale="log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: List[str]) -> int:
+    args = _parse(argv)
+    curves = read_json(args.json) if args.json else measure(args)
+    print(f"speedup of sparsekern over dense F.linear ({'from ' + args.json if args.json else args.cache + ' cache, ' + args.values + ' values'})")
+    print(report(curves))
+    if args.plot:
+        plot(curves, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0

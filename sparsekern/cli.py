@@ -1,0 +1,36 @@
+"""The `sparsekern` command (also `python -m sparsekern`): demo, bench."""
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _demo(argv: List[str]) -> int:
+    from . import demo
+    return demo.main(argv) or 0
+
+
+def _bench(argv: List[str]) -> int:
+    from . import bench_cli
+    return bench_cli.main(argv)
+
+
+COMMANDS = {
+    "demo": (_demo, "prune, fine-tune and sparsify an MLP on the bundled digits data; print accuracy and speed"),
+    "bench": (_bench, "time sparsekern against dense and torch.sparse on chosen layer shapes"),
+}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="sparsekern", description="Pruned PyTorch models made faster.",
+        epilog="Run 'sparsekern COMMAND --help' for a command's options.")
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
+                        help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
+    args, rest = parser.parse_known_args(argv[:1])
+    run, _ = COMMANDS[args.command]
+    return run(rest + argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
