@@ -1,0 +1,231 @@
+"""`sparsekern demo`: train an MLP on scikit-learn's bundled digits, prune it, fine-tune,
+swap in sparse kernels, and compare accuracy, bytes and measured speed with the dense model.
+
+The data helpers (load_digits_split, make_mlp, train, accuracy) are also what the pruning
+tests train on.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import prune
+from .prune.schedule import METHODS as GRADUAL_PRUNER_METHODS
+from .nn import sparsify
+from .summary import summary
+from .timing import time_interleaved
+
+METHODS = ("magnitude", "nm", "structured", "taylor", "wanda", "l0", "random")
+GRADUAL_METHODS = tuple(GRADUAL_PRUNER_METHODS)
+FORMATS = ("auto", "csr", "2:4", "dense")
+
+
+class Digits(NamedTuple):
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_digits_split(seed: int = 0) -> Digits:
+    """sklearn's 1797 8x8 digits (bundled, no download), standardized with the training
+    statistics, split 60 / 15 / 25 % into train / validation / test with ``seed``."""
+    from sklearn.datasets import load_digits  # imported here: scikit-learn is needed only for the demo data
+
+    data = load_digits()
+    x = torch.tensor(data.data, dtype=torch.float32)
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test, n_val = round(0.25 * len(y)), round(0.15 * len(y))
+    test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-3)
+    x = (x - mean) / std
+    return Digits(x[train], y[train], x[val], y[val], x[test], y[test])
+
+
+def make_mlp(hidden: int = 512, seed: int = 0) -> nn.Sequential:
+    """64 -> hidden -> hidden -> 10 with ReLU, initialized from ``seed``."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, 10))
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 1e-3, seed: int = 0,
+          batch_size: int = 64, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+          after_step: Callable[[], object] | None = None, param_groups: list | None = None,
+          desc: str = "train") -> nn.Module:
+    """Adam on cross-entropy (+ ``penalty(model)``), shuffled mini-batches from ``seed``.
+    ``after_step`` runs after every optimizer step (e.g. ``GradualPruner.step``)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # stochastic layers and L0 gate noise
+    optimizer = torch.optim.Adam(param_groups or model.parameters(), lr=lr)
+    model.train()
+    threads = torch.get_num_threads()
+    # At this size OpenMP synchronization costs more than a second thread gains, and on
+    # a shared, loaded machine it makes training many times slower.
+    torch.set_num_threads(1)
+    try:
+        for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=None, leave=False):
+            for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                if penalty is not None:
+                    loss = loss + penalty(model)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if after_step is not None:
+                    after_step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in percent, in eval mode."""
+    model.eval()
+    return 100.0 * (model(x).argmax(-1) == y).float().mean().item()
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
+    """``loss_fn(model, batch)`` for ``prune.taylor`` on (x, y) batches."""
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def prune_model(model: nn.Module, method: str, sparsity: float, data: Digits, *, gradual: bool,
+                epochs: int, seed: int) -> nn.Module:
+    """Prune with ``method`` and fine-tune for ``epochs`` (pruning along the cubic
+    schedule during fine-tuning when ``gradual``). Returns the (possibly new) model."""
+    calibration = batches(data.x_train, data.y_train)
+    kwargs = {"magnitude": {}, "random": {"seed": seed}, "taylor": {"loss_fn": cross_entropy_loss,
+              "batches": calibration}, "wanda": {"batches": [x for x, _ in calibration]},
+              "structured": {"exclude": "4"}}  # masking the classifier's rows would drop classes
+    if gradual:
+        steps = epochs * math.ceil(len(data.y_train) / 64)
+        # Prune over the first 3/4 of fine-tuning, recover during the rest.
+        pruner = prune.GradualPruner(model, method, final_sparsity=sparsity, start_step=0,
+                                     end_step=3 * steps // 4, frequency=max(1, steps // 40),
+                                     **kwargs.get(method, {}))
+        train(model, data.x_train, data.y_train, epochs, seed=seed, after_step=pruner.step,
+              desc="prune+fine-tune")
+        if method == "structured":
+            # The masked neurons have the lowest norm (zero): shrinking removes exactly them.
+            prune.structured(model, sparsity, shrink=True)
+        return model
+    if method == "l0":
+        gates = prune.l0_gates(model, init_keep=0.9)
+        gate_ids = {id(g) for g in gates}
+        weights = [p for p in model.parameters() if id(p) not in gate_ids]
+        # Gates need a larger step than weights to open or close within a few epochs.
+        train(model, data.x_train, data.y_train, epochs, seed=seed, desc="L0 training",
+              penalty=lambda m: 2.0 * prune.l0_penalty(m, reduction="mean"),
+              param_groups=[{"params": weights}, {"params": gates, "lr": 0.1}])
+        prune.l0_masks(model)
+    elif method == "nm":
+        prune.nm(model, 2, 4)
+    elif method == "structured":
+        prune.structured(model, sparsity, shrink=True)
+    else:
+        getattr(prune, method)(model, sparsity=sparsity, **kwargs[method])
+    return train(model, data.x_train, data.y_train, epochs, seed=seed, lr=3e-4, desc="fine-tune")
+
+
+def _parse(argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sparsekern demo", description="Train an MLP on scikit-learn's bundled digits, prune it, fine-tune, "
+        "swap in sparse kernels, and compare accuracy, bytes and speed with the dense model.")
+    parser.add_argument("--method", choices=METHODS, default="magnitude")
+    parser.add_argument("--sparsity", type=float, default=None,
+                        help="fraction of weights to prune (structured: of hidden neurons); "
+                             "default 0.9, 0.5 for structured; ignored by nm (2:4) and l0 (learned)")
+    parser.add_argument("--gradual", action="store_true",
+                        help=f"prune along Zhu & Gupta's cubic schedule while fine-tuning ({', '.join(GRADUAL_METHODS)})")
+    parser.add_argument("--format", choices=FORMATS, default="auto", help="format for sparsekern.sparsify")
+    parser.add_argument("--epochs", type=int, default=15, help="dense training epochs (fine-tuning: the same)")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs = {args.epochs}, expected >= 1")
+    if args.sparsity is None:
+        args.sparsity = 0.5 if args.method == "structured" else 0.9
+    if not 0.0 <= args.sparsity < 1.0:
+        parser.error(f"--sparsity = {args.sparsity}, expected a number in [0, 1)")
+    if args.gradual and args.method not in GRADUAL_METHODS:
+        parser.error(f"--gradual supports {', '.join(GRADUAL_METHODS)}, not --method {args.method}")
+    return args
+
+
+def _speed(dense: nn.Module, sparse: nn.Module, in_features: int) -> dict[int, tuple[float, float]]:
+    """{batch: (dense seconds, sparse seconds)} per forward, medians of interleaved rounds."""
+    result = {}
+    with torch.no_grad():
+        for batch in (1, 64):
+            x = torch.randn(batch, in_features)
+            times = time_interleaved({"dense": lambda: dense(x), "sparse": lambda: sparse(x)}, rounds=9,
+                                     round_seconds=0.02)
+            result[batch] = (times["dense"], times["sparse"])
+    return result
+
+
+def _param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    data = load_digits_split(args.seed)
+    dense = train(make_mlp(args.hidden, args.seed), data.x_train, data.y_train, args.epochs, seed=args.seed,
+                  desc="dense training")
+    dense_accuracy = accuracy(dense, data.x_test, data.y_test)
+
+    label = "2:4" if args.method == "nm" else "learned" if args.method == "l0" else f"{args.sparsity:.0%}"
+    pruned = prune_model(copy.deepcopy(dense), args.method, args.sparsity, data, gradual=args.gradual,
+                         epochs=args.epochs, seed=args.seed)
+    pruned_accuracy = accuracy(pruned, data.x_test, data.y_test)
+    layers = prune.layer_sparsity(pruned)
+    shapes = {name: tuple(m.weight.shape) for name, m in pruned.named_modules() if isinstance(m, nn.Linear)}
+
+    try:
+        sparse = sparsify(copy.deepcopy(pruned), format=args.format)
+    except ValueError as error:
+        raise SystemExit(f"sparsekern demo: --format {args.format}: {error}") from None
+    sparse_accuracy = accuracy(sparse, data.x_test, data.y_test)
+    speed = _speed(dense, sparse, data.x_train.shape[1])
+
+    mode = "gradual (cubic schedule)" if args.gradual else "L0 gates" if args.method == "l0" else "one-shot"
+    print(f"\nsparsekern demo: digits MLP 64-{args.hidden}-{args.hidden}-10, method {args.method} "
+          f"({label}, {mode}), format {args.format}, seed {args.seed}, {torch.get_num_threads()} threads\n")
+    print(f"{'model':<34}{'test accuracy':>14}{'parameters':>12}")
+    print(f"{'dense':<34}{dense_accuracy:>13.2f}%{_param_count(dense):>12,}")
+    print(f"{'pruned + fine-tuned':<34}{pruned_accuracy:>13.2f}%{_param_count(pruned):>12,}")
+    print(f"{'sparsified (' + args.format + ')':<34}{sparse_accuracy:>13.2f}%")
+    print(f"\n{'layer':<8}{'shape':>12}{'sparsity':>10}")
+    for name, value in layers.items():
+        print(f"{name:<8}{'x'.join(map(str, shapes[name])):>12}{value:>10.1%}")
+    print(f"{'total':<8}{'':>12}{prune.global_sparsity(pruned):>10.1%}\n")
+    print(summary(sparse))
+    print("\nforward time, torch.no_grad(), median of 9 interleaved rounds")
+    print(f"{'batch':>5}{'dense':>12}{'sparsified':>12}{'speedup':>9}")
+    for batch, (dense_time, sparse_time) in speed.items():
+        print(f"{batch:>5}{dense_time * 1e6:>10.1f}us{sparse_time * 1e6:>10.1f}us{dense_time / sparse_time:>8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

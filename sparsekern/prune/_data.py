@@ -1,0 +1,27 @@
+"""Calibration-batch helpers shared by the data-driven methods (taylor, wanda, sensitivity)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
+    """tqdm bar that hides itself when stderr is not a terminal (``disable=None``)."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)
+
+
+def run_model(model: nn.Module, batch) -> torch.Tensor:
+    """Call ``model`` on a batch: a tensor -> ``model(batch)``, a dict ->
+    ``model(**batch)``, a tuple or list -> ``model(*batch)``."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    raise TypeError(f"batch of type {type(batch).__name__}: expected a Tensor, dict, tuple or list")

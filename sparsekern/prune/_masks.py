@@ -1,0 +1,272 @@
+"""Mask plumbing shared by every pruning method: module selection, argument checks,
+score -> mask selection, attaching/combining masks, and finalize.
+
+Convention (the rest of sparsekern relies on it): a pruned module uses
+torch.nn.utils.prune's reparametrization. It has ``weight_orig`` (Parameter),
+``weight_mask`` (buffer, 0/1 in the weight's dtype) and ``weight = weight_orig *
+weight_mask`` recomputed by torch's forward pre-hook. ``weight_orig`` is also zeroed
+at pruned positions, so pruned values are gone, not merely hidden, and re-zeroed after
+every torch.optim step (see ``_after_optimizer_step``).
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import math
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils import prune as torch_prune
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+SCOPES = ("global", "layer", "row")
+
+# include= / exclude= accept a glob pattern on qualified module names ("encoder.*"),
+# a list of patterns, or a predicate ``f(name, module) -> bool``.
+Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
+
+
+# --------------------------------------------------------------------------- checks
+
+def check_fraction(value, name: str = "sparsity") -> float:
+    """Return ``value`` as a float in [0, 1), else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} = {value!r}, expected a number in [0, 1)")
+    return float(value)
+
+
+def check_choice(value, choices, name: str):
+    if value not in choices:
+        raise ValueError(f"{name} = {value!r}, expected one of {list(choices)}")
+    return value
+
+
+# ------------------------------------------------------------------------ selection
+
+def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
+    if callable(selector):
+        return bool(selector(name, module))
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select(model: nn.Module, include: Selector = None, exclude: Selector = None,
+           types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
+    """Modules to prune: every module of ``types`` (default: every nn.Linear) whose
+    qualified name passes ``include`` (default: all) and not ``exclude``.
+    Raises ValueError when nothing is left, since pruning nothing is always a mistake."""
+    chosen = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, types)
+              and (include is None or _matches(include, name, module))
+              and (exclude is None or not _matches(exclude, name, module))]
+    if not chosen:
+        kinds = ", ".join(t.__name__ for t in types)
+        raise ValueError(f"no prunable module ({kinds}) in {type(model).__name__} with "
+                         f"include={include!r}, exclude={exclude!r}")
+    return chosen
+
+
+# ------------------------------------------------------------------- mask accessors
+
+def is_masked(module: nn.Module) -> bool:
+    return hasattr(module, "weight_orig") and hasattr(module, "weight_mask")
+
+
+def weight_param(module: nn.Module) -> torch.Tensor:
+    """The trainable tensor behind ``weight``: ``weight_orig`` once pruned."""
+    return module.weight_orig if is_masked(module) else module.weight
+
+
+def mask_of(module: nn.Module) -> torch.Tensor:
+    """Current 0/1 mask (all ones when the module was never pruned)."""
+    return module.weight_mask if is_masked(module) else torch.ones_like(module.weight)
+
+
+@torch.no_grad()
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the module computes with now, detached. Read it from
+    ``weight_orig * weight_mask``: ``module.weight`` is only refreshed on forward."""
+    return weight_param(module) * mask_of(module) if is_masked(module) else module.weight.detach()
+
+
+def magnitude_scores(modules: list[tuple[str, nn.Module]]) -> dict[str, torch.Tensor]:
+    return {name: effective_weight(module).abs() for name, module in modules}
+
+
+# -------------------------------------------------------------- attach and enforce
+
+# Modules masked by us. After any optimizer step their weight_orig is re-zeroed (stale
+# momentum / Adam state could otherwise move pruned entries) and ``weight`` refreshed,
+# so fine-tuning needs no change to the user's loop.
+_MASKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_hook_handle = None
+
+
+@torch.no_grad()
+def _refresh(module: nn.Module) -> None:
+    module.weight_orig.mul_(module.weight_mask)
+    # Same value as torch's pre-hook computes on forward, so ``weight`` is never stale
+    # (modules used functionally, like MultiheadAttention.out_proj, never run that hook).
+    # Without a graph: a ``weight`` with grad_fn would make the model fail to deepcopy.
+    module.weight = module.weight_orig * module.weight_mask
+
+
+def _enroll(module: nn.Module, args) -> None:
+    """Forward pre-hook: a deep copy (or unpickled copy) of a masked module is not in
+    _MASKED, but it must run forward before any step can change it; that enrolls it."""
+    _MASKED.add(module)
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    for module in list(_MASKED):
+        if is_masked(module):
+            _refresh(module)
+        else:  # finalized or removed by torch.nn.utils.prune.remove
+            _MASKED.discard(module)
+
+
+def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
+    """Attach ``mask`` to ``module.weight``, ANDed with any existing mask (ours or one
+    made by torch.nn.utils.prune), so a pruned weight is never revived."""
+    global _hook_handle
+    if parametrize.is_parametrized(module, "weight"):
+        raise ValueError(f"{type(module).__name__}.weight is parametrized (L0 gates?): "
+                         "call sparsekern.prune.l0_masks(model) before pruning it again")
+    mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
+    if mask.shape != module.weight.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
+    if is_masked(module):
+        with torch.no_grad():
+            module.weight_mask.mul_(mask)
+    else:
+        torch_prune.custom_from_mask(module, "weight", mask)
+    _refresh(module)
+    _MASKED.add(module)
+    if _enroll not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_enroll)
+    if _hook_handle is None:
+        _hook_handle = register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+def unmask(module: nn.Module) -> torch.Tensor | None:
+    """Bake the mask into ``module.weight`` (a plain Parameter again) and return the
+    mask, or None when the module was not masked."""
+    if not is_masked(module):
+        return None
+    _refresh(module)
+    mask = module.weight_mask.detach().clone()
+    torch_prune.remove(module, "weight")
+    _MASKED.discard(module)
+    for key, hook in list(module._forward_pre_hooks.items()):
+        if hook is _enroll:
+            del module._forward_pre_hooks[key]
+    return mask
+
+
+@contextlib.contextmanager
+def restoring(module: nn.Module):
+    """Undo, on exit, whatever pruning happens to ``module`` inside the block (used to
+    try a pruning level on one layer without copying the model)."""
+    was_masked = is_masked(module)
+    saved_weight = weight_param(module).detach().clone()
+    saved_mask = module.weight_mask.clone() if was_masked else None
+    try:
+        yield module
+    finally:
+        if not was_masked:
+            unmask(module)
+        with torch.no_grad():
+            weight_param(module).copy_(saved_weight)
+            if was_masked:
+                module.weight_mask.copy_(saved_mask)
+        if was_masked:
+            _refresh(module)
+
+
+# ---------------------------------------------------------------- scores -> masks
+
+def keep_mask(scores: torch.Tensor, drop: int) -> torch.Tensor:
+    """0/1 mask over a [groups, size] score matrix that drops the ``drop`` lowest
+    scores in every row. One primitive for global/layer/row scopes and N:M groups."""
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if drop > 0:
+        lowest = torch.topk(scores, drop, dim=1, largest=False).indices
+        mask.scatter_(1, lowest, False)
+    return mask
+
+
+def masked_scores(scores: Mapping[str, torch.Tensor], name: str, module: nn.Module) -> torch.Tensor:
+    """``scores[name]`` checked against the weight's shape, in fp32, with already-pruned
+    entries at -inf: they rank below everything, so they are dropped first and
+    re-pruning only ever adds zeros."""
+    if name not in scores:
+        raise ValueError(f"scores has no entry for layer {name!r}")
+    score = scores[name]
+    if score.shape != module.weight.shape:
+        raise ValueError(f"scores[{name!r}] shape {tuple(score.shape)} != weight shape "
+                         f"{tuple(module.weight.shape)}")
+    score = score.detach().to(device=module.weight.device, dtype=torch.float32)
+    return score.masked_fill(mask_of(module) == 0, -math.inf)
+
+
+def prune_by_scores(modules: list[tuple[str, nn.Module]], scores: Mapping[str, torch.Tensor],
+                    sparsity: float | Mapping[str, float], scope: str = "global") -> None:
+    """Mask the lowest-scoring weights. ``scope``: "global" ranks all selected weights
+    together, "layer" ranks within each layer (``sparsity`` may then be a dict
+    name -> sparsity), "row" ranks within each output row (Wanda's comparison group)."""
+    check_choice(scope, SCOPES, "scope")
+    if isinstance(sparsity, Mapping):
+        if scope == "global":
+            raise ValueError("per-layer sparsity (a dict) needs scope='layer' or 'row', got scope='global'")
+        unknown = set(sparsity) - {name for name, _ in modules}
+        if unknown:
+            raise ValueError(f"sparsity names unknown layers: {sorted(unknown)}")
+        per_layer = {name: check_fraction(sparsity.get(name, 0.0), f"sparsity[{name!r}]") for name, _ in modules}
+    else:
+        per_layer = dict.fromkeys((name for name, _ in modules), check_fraction(sparsity))
+    masked = {name: masked_scores(scores, name, module) for name, module in modules}
+
+    if scope == "global":
+        flat = torch.cat([s.flatten().cpu() for s in masked.values()])[None]
+        keep = keep_mask(flat, round(float(sparsity) * flat.numel()))[0]
+        offset = 0
+        for name, module in modules:
+            size = module.weight.numel()
+            apply_mask(module, keep[offset:offset + size].view_as(module.weight))
+            offset += size
+        return
+    for name, module in modules:
+        groups = masked[name].reshape(module.weight.shape[0] if scope == "row" else 1, -1)
+        apply_mask(module, keep_mask(groups, round(per_layer[name] * groups.shape[1])).view_as(module.weight))
+
+
+# ------------------------------------------------------------------ reports, finalize
+
+def layer_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
+                   types: tuple[type, ...] = (nn.Linear,)) -> dict[str, float]:
+    """Fraction of zero entries in each selected module's effective weight."""
+    return {name: (effective_weight(m) == 0).float().mean().item()
+            for name, m in select(model, include, exclude, types)}
+
+
+def global_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
+                    types: tuple[type, ...] = (nn.Linear,)) -> float:
+    """Fraction of zero weights over all selected modules, weighted by size."""
+    modules = select(model, include, exclude, types)
+    zeros = sum(int((effective_weight(m) == 0).sum()) for _, m in modules)
+    return zeros / sum(m.weight.numel() for _, m in modules)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Bake masks into the weights and drop the bookkeeping (``torch.nn.utils.prune.remove``
+    semantics): ``weight`` becomes a plain Parameter holding zeros where pruned. Applies
+    to masks made by sparsekern or torch.nn.utils.prune; L0 gates are first turned into
+    masks (``l0_masks``). Returns ``model``."""
+    from .regularization import gates_to_masks  # lazy: regularization imports this module
+    gates_to_masks(model)
+    for module in model.modules():
+        unmask(module)
+    return model
