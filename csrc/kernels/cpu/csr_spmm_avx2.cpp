@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include "csr_spmm_simd.h"
+#include "gather_avx2.h"
 
 namespace sparsekern::cpu {
 namespace {
@@ -13,15 +14,32 @@ struct Avx2 {
   static reg zero() { return _mm256_setzero_ps(); }
   static reg set1(float f) { return _mm256_set1_ps(f); }
   static reg load(const float* p) { return _mm256_load_ps(p); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static void store(float* p, reg r) { _mm256_store_ps(p, r); }
+  static reg loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void storeu(float* p, reg r) { _mm256_storeu_ps(p, r); }
 
-  static __m256i load_cols(const uint16_t* p) {
-    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  // 8 x 8: 4 x 4 blocks within the 128-bit halves by unpack and shuffle, then the halves.
+  static void transpose(reg (&r)[8]) {
+    reg t[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+      t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; ++i) r[i] = t[i];
   }
-  static __m256i load_cols(const int32_t* p) {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  }
+
   static reg load_values(const float* p) { return _mm256_loadu_ps(p); }
   static reg load_values(const uint16_t* p) {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -30,19 +48,10 @@ struct Avx2 {
 
   template <typename IndexT, typename ValueT>
   static float row_dot(const ValueT* values, const IndexT* cols, int64_t n, const float* x) {
-    reg acc0 = zero(), acc1 = zero();
+    reg acc = zero();
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-      acc0 = fmadd(load_values(values + j), _mm256_i32gather_ps(x, load_cols(cols + j), 4), acc0);
-      acc1 = fmadd(load_values(values + j + 8), _mm256_i32gather_ps(x, load_cols(cols + j + 8), 4), acc1);
-    }
-    for (; j + 8 <= n; j += 8)
-      acc0 = fmadd(load_values(values + j), _mm256_i32gather_ps(x, load_cols(cols + j), 4), acc0);
-    const reg sum8 = _mm256_add_ps(acc0, acc1);
-    __m128 sum4 = _mm_add_ps(_mm256_castps256_ps128(sum8), _mm256_extractf128_ps(sum8, 1));
-    sum4 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-    sum4 = _mm_add_ss(sum4, _mm_movehdup_ps(sum4));
-    float sum = _mm_cvtss_f32(sum4);
+    for (; j + 8 <= n; j += 8) acc = fmadd(load_values(values + j), gather8(x, cols + j), acc);
+    float sum = sum8(acc);
     for (; j < n; ++j) sum += value_at(values, j) * x[int64_t(cols[j])];
     return sum;
   }
