@@ -53,7 +53,7 @@ def summary(model: nn.Module) -> Summary:
     rows = []
     for name, module in model.named_modules():
         if isinstance(module, SparseLinear):
-            dtype = (module.values if module.format == "csr" else module.weight).dtype
+            dtype = module.value_dtype
             dense = module.in_features * module.out_features * dtype.itemsize
             rows.append(LayerRow(name or "(model)", module.format, module.out_features, module.in_features,
                                  module.sparsity, module.weight_bytes, dense, module.choice_note))
