@@ -2,14 +2,20 @@
 
     import sparsekern as sk
     sk.prune.magnitude(model, sparsity=0.9)
-    model = sk.sparsify(model)          # nn.Linear -> SparseLinear (compiled CSR kernels)
+    model = sk.sparsify(model)          # nn.Linear -> SparseLinear (compiled CSR / 2:4 kernels)
     print(sk.summary(model))
 """
 from . import _backend, ops, prune
+
+if _backend._C.with_cuda:
+    from . import ops_cuda  # noqa: F401  (registers the CUDA kernels of the ops)
 from ._backend import cpu_isa, supported_cpu_isas
+from .io import inspect_file, load, save
 from .nn import SparseLinear, sparsify
+from .onnx_export import export_onnx  # imports onnx only when called
 from .summary import summary
 
 __version__ = "0.1.0"
 
-__all__ = ["SparseLinear", "sparsify", "summary", "prune", "ops", "cpu_isa", "supported_cpu_isas"]
+__all__ = ["SparseLinear", "sparsify", "summary", "prune", "ops", "cpu_isa", "supported_cpu_isas",
+           "save", "load", "inspect_file", "export_onnx"]

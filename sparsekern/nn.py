@@ -6,13 +6,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _backend, ops
+from .formats import PACKED_FORMATS
 from .formats import csr as csr_format
 from .formats.csr import CsrTensors
 from .timing import time_interleaved
 
-FORMATS = ("csr", "dense")
+FORMATS = ("csr", "2:4", "dense")
 CHOICES = FORMATS + ("auto",)
-_CSR_BUFFERS = ("row_ptr", "col_idx", "values")
+# Per packed format: (the eager kernel call, the custom op), both taking
+# (x, *packed tensors, bias, in_features, out_features).
+_LINEAR_OPS = {
+    "csr": (ops.csr_linear_eager, torch.ops.sparsekern.csr_linear),
+    "2:4": (ops.nm24_linear_eager, torch.ops.sparsekern.nm24_linear),
+}
 
 
 def _check_format(format: str, allowed: Sequence[str]) -> None:
@@ -21,13 +27,15 @@ def _check_format(format: str, allowed: Sequence[str]) -> None:
 
 
 class SparseLinear(nn.Module):
-    """y = x @ W.T + b with W stored packed ('csr') or dense ('dense').
+    """y = x @ W.T + b with W stored packed ('csr', '2:4') or dense ('dense').
 
     Takes x [..., in_features] of any strides, returns [..., out_features] like nn.Linear.
     CSR buffers: row_ptr [out + 1] int64, col_idx [nnz] uint16/int32 (buffers) and
     values [nnz] (a Parameter: a pruned model can be fine-tuned in packed form).
+    2:4 (sparsekern.formats.nm): values [out, in / 2] (a Parameter) and meta
+    [out, ceil(in / 8)] uint8 positions; in_features must be a multiple of 4.
     Build one with `SparseLinear.from_dense(linear)`; `SparseLinear(in, out, nnz=0)` is an
-    empty skeleton that `load_state_dict` fills with any nnz.
+    empty skeleton that `load_state_dict` fills with any nnz (2:4 ignores nnz).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
@@ -40,13 +48,8 @@ class SparseLinear(nn.Module):
             raise ValueError(f"nnz = {nnz}, expected 0 .. {in_features * out_features}")
         self.in_features, self.out_features, self.format = in_features, out_features, format
         dtype = dtype or torch.get_default_dtype()
-        if format == "csr":
-            row_ptr = torch.zeros(out_features + 1, dtype=torch.int64, device=device)
-            row_ptr[-1] = nnz  # a valid (if lopsided) CSR until a state_dict fills it
-            self.register_buffer("row_ptr", row_ptr)
-            self.register_buffer("col_idx", torch.zeros(nnz, dtype=csr_format.index_dtype(in_features),
-                                                        device=device))
-            self.values = nn.Parameter(torch.zeros(nnz, dtype=dtype, device=device))
+        if format in PACKED_FORMATS:
+            self._set_packed(PACKED_FORMATS[format].skeleton((out_features, in_features), nnz, dtype, device))
         else:
             self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
@@ -75,16 +78,29 @@ class SparseLinear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, bias=has_bias, format=format,
                     dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
-            if format == "csr":
-                packed = csr_format.pack(weight, mask, value_dtype)
-                layer.row_ptr, layer.col_idx = packed.row_ptr, packed.col_idx
-                layer.values = nn.Parameter(packed.values)
+            if format in PACKED_FORMATS:
+                layer._set_packed(PACKED_FORMATS[format].pack(weight, mask, value_dtype))
             else:
                 layer.weight.copy_(weight * mask)
             if has_bias:
                 layer.bias.copy_(linear.bias.detach())
         layer.choice_note = note
         return layer
+
+    def _set_packed(self, tensors: tuple) -> None:
+        """Installs a packed format's tensors: 'values' as a Parameter, the rest as buffers."""
+        for name, t in zip(PACKED_FORMATS[self.format].layout._fields, tensors):
+            if name == "values":
+                self.values = nn.Parameter(t)
+            else:
+                self.register_buffer(name, t)
+
+    def packed(self) -> tuple:
+        """The packed tensors of a 'csr' or '2:4' layer (CsrTensors / Nm24Tensors)."""
+        if self.format not in PACKED_FORMATS:
+            raise ValueError(f"this layer's format is {self.format!r}, which is not packed")
+        layout = PACKED_FORMATS[self.format].layout
+        return layout(*(getattr(self, name) for name in layout._fields))
 
     def csr(self) -> CsrTensors:
         """The packed (row_ptr, col_idx, values) of a 'csr' layer."""
@@ -94,25 +110,27 @@ class SparseLinear(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The [out, in] weight with zeros where nothing is stored."""
-        if self.format == "csr":
-            return csr_format.unpack(self.csr(), (self.out_features, self.in_features))
+        if self.format in PACKED_FORMATS:
+            return PACKED_FORMATS[self.format].unpack(self.packed(), (self.out_features, self.in_features))
         return self.weight.detach().clone()
 
     def to_dense(self) -> nn.Linear:
-        """An nn.Linear with exactly this layer's weights (the inverse of from_dense)."""
+        """An nn.Linear with exactly this layer's weights (the inverse of from_dense), in the
+        bias's dtype when there is one: bf16 values widen exactly, an fp32 bias is not rounded."""
         weight = self.dense_weight()
+        dtype = self.bias.dtype if self.bias is not None else weight.dtype
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           dtype=weight.dtype, device=weight.device)
+                           dtype=dtype, device=weight.device)
         with torch.no_grad():
             linear.weight.copy_(weight)
             if self.bias is not None:
-                linear.bias.copy_(self.bias.to(weight.dtype))
+                linear.bias.copy_(self.bias)
         return linear
 
     @property
     def nnz(self) -> int:
-        if self.format == "csr":
-            return self.values.numel()
+        if self.format in PACKED_FORMATS:
+            return PACKED_FORMATS[self.format].nnz(self.packed())
         return int(torch.count_nonzero(self.weight))
 
     @property
@@ -122,13 +140,15 @@ class SparseLinear(nn.Module):
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the stored weight (CSR: indices and values; dense: the matrix)."""
-        tensors = self.csr() if self.format == "csr" else (self.weight,)
+        """Bytes of the stored weight (packed: indices and values; dense: the matrix)."""
+        tensors = self.packed() if self.format in PACKED_FORMATS else (self.weight,)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _use_eager_kernel(self, x: torch.Tensor) -> bool:
-        # Skip the dispatcher only for plain tensors, outside tracing, with no autograd graph.
-        if type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # Skip the dispatcher only for plain CPU tensors, outside tracing, with no autograd
+        # graph (other devices reach their kernels through the dispatcher).
+        if type(x) is not torch.Tensor or not x.is_cpu or torch.compiler.is_compiling() or \
+                torch.jit.is_tracing():
             return False
         if not torch.is_grad_enabled():
             return True
@@ -138,13 +158,19 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.format == "dense":
             return F.linear(x, self.weight, self.bias)
-        args = (x, self.row_ptr, self.col_idx, self.values, self.bias, self.in_features, self.out_features)
+        args = (x, *self.packed(), self.bias, self.in_features, self.out_features)
+        eager, op = _LINEAR_OPS[self.format]
         if self._use_eager_kernel(x):
-            return ops.csr_linear_eager(*args)
-        return torch.ops.sparsekern.csr_linear(*args)
+            return eager(*args)
+        return op(*args)
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        """The dtype the weights are stored in."""
+        return (self.weight if self.format == "dense" else self.values).dtype
 
     def extra_repr(self) -> str:
-        dtype = (self.values if self.format == "csr" else self.weight).dtype
+        dtype = self.value_dtype
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
                 f"sparsity={self.sparsity:.1%}, nnz={self.nnz}, dtype={str(dtype).replace('torch.', '')}, "
                 f"bias={self.bias is not None}")
@@ -152,12 +178,14 @@ class SparseLinear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A skeleton's buffers take the incoming nnz and index dtype; everything is validated
         # first, since a state_dict may come from a file.
-        if self.format == "csr" and all(prefix + n in state_dict for n in _CSR_BUFFERS):
-            incoming = CsrTensors(*(state_dict[prefix + n] for n in _CSR_BUFFERS))
-            csr_format.validate(incoming, (self.out_features, self.in_features))
-            device = self.row_ptr.device
-            self.row_ptr = torch.empty_like(incoming.row_ptr, device=device)
-            self.col_idx = torch.empty_like(incoming.col_idx, device=device)
+        packed = PACKED_FORMATS.get(self.format)
+        if packed and all(prefix + n in state_dict for n in packed.layout._fields):
+            incoming = packed.layout(*(state_dict[prefix + n] for n in packed.layout._fields))
+            packed.validate(incoming, (self.out_features, self.in_features))
+            device = self.values.device
+            for name, t in zip(packed.layout._fields, incoming):
+                if name != "values":
+                    setattr(self, name, torch.empty_like(t, device=device))
             if self.values.shape != incoming.values.shape:
                 self.values = nn.Parameter(torch.empty(incoming.values.shape, dtype=self.values.dtype,
                                                        device=device))
@@ -172,42 +200,52 @@ _choice_cache: Dict[Tuple, Tuple[str, str]] = {}
 
 def _choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool,
                    value_dtype: Optional[torch.dtype]) -> Tuple[str, str]:
-    """('csr' or 'dense', why): CSR only where it measured faster than dense at every batch
-    size in _AUTO_BATCHES, on this machine, with this layer's shape and sparsity."""
+    """(format, why): the packed format that measured fastest against dense at every batch
+    size in _AUTO_BATCHES, on this machine, with this layer's shape and sparsity, if it beat
+    dense everywhere; else 'dense'. 2:4 is a candidate only where the mask is 2:4."""
     out_features, in_features = weight.shape
     nnz = int(mask.sum())
     sparsity = 1 - nnz / max(1, weight.numel())
     if weight.device.type != "cpu":
         return "dense", f"no sparse kernels for {weight.device.type}"
-    # Below ~1/3 sparsity CSR moves more bytes than the dense matrix (6 B per nonzero vs 4).
+    candidates = [name for name, packed in PACKED_FORMATS.items() if packed.incompatible(mask) is None]
+    # Below ~1/3 sparsity CSR moves more bytes than the dense matrix (6 B per nonzero vs 4);
+    # a 2:4 mask has at least 50%.
     if sparsity < 0.3:
         return "dense", f"sparsity {sparsity:.0%} < 30%"
     key = (out_features, in_features, round(sparsity, 2), weight.dtype, value_dtype, has_bias,
-           _backend.cpu_isa(), torch.get_num_threads())
+           tuple(candidates), _backend.cpu_isa(), torch.get_num_threads())
     if key not in _choice_cache:
-        _choice_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype)
+        _choice_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype, candidates)
     return _choice_cache[key]
 
 
-def _measure_choice(weight, mask, has_bias, value_dtype) -> Tuple[str, str]:
+def _measure_choice(weight, mask, has_bias, value_dtype, candidates) -> Tuple[str, str]:
     out_features, in_features = weight.shape
     dense_weight = (weight * mask).contiguous()
     bias = torch.zeros(out_features, dtype=weight.dtype) if has_bias else None
-    packed = csr_format.pack(weight, mask, value_dtype)
-    ratios = []
+    packed = {name: PACKED_FORMATS[name].pack(weight, mask, value_dtype) for name in candidates}
+    ratios = {name: [] for name in candidates}
     with torch.no_grad():
         for batch in _AUTO_BATCHES:
             x = torch.randn(batch, in_features, dtype=weight.dtype)
-            times = time_interleaved({
-                "dense": lambda: F.linear(x, dense_weight, bias),
-                "csr": lambda: ops.csr_linear_eager(x, *packed, bias, in_features, out_features),
-            }, rounds=5, round_seconds=0.003)
-            ratios.append(times["dense"] / times["csr"])
-    speedups = ", ".join(f"{r:.2f}x at batch {b}" for r, b in zip(ratios, _AUTO_BATCHES))
+            calls = {"dense": lambda: F.linear(x, dense_weight, bias)}
+            for name in candidates:
+                eager, tensors = _LINEAR_OPS[name][0], packed[name]
+                calls[name] = lambda eager=eager, tensors=tensors: eager(
+                    x, *tensors, bias, in_features, out_features)
+            # The least disturbed round: a decision must not follow another process's load.
+            times = time_interleaved(calls, rounds=7, round_seconds=0.003, statistic="min")
+            for name in candidates:
+                ratios[name].append(times["dense"] / times[name])
+    ranked = sorted(candidates, key=lambda name: min(ratios[name]), reverse=True)
+    notes = "; ".join(f"{name} measured " + ", ".join(f"{r:.2f}x at batch {b}"
+                                                      for r, b in zip(ratios[name], _AUTO_BATCHES))
+                      for name in ranked)
     # A margin over 1.0 so timing noise cannot pick a format that is really slower.
-    if min(ratios) >= 1.1:
-        return "csr", f"csr measured {speedups}"
-    return "dense", f"csr measured only {speedups}"
+    if min(ratios[ranked[0]]) >= 1.1:
+        return ranked[0], notes
+    return "dense", f"kept dense: {notes}"
 
 
 # ---- whole models --------------------------------------------------------------------------
@@ -224,8 +262,9 @@ def sparsify(model: nn.Module, format: str = "auto", value_dtype: Optional[torch
              progress: Optional[bool] = None) -> nn.Module:
     """Replaces every nn.Linear in `model` by a SparseLinear, in place, and returns the model.
 
-    format: 'csr', 'dense' or 'auto' (per layer, CSR only where it measured faster than dense
-    on this machine at batch 1 and 64; see `summary` for the reason). Masks attached by
+    format: 'csr', '2:4', 'dense' or 'auto' (per layer, the packed format that measured fastest
+    and faster than dense on this machine at batch 1 and 64, 2:4 only for 2:4 masks; see
+    `summary` for the reason). Masks attached by
     sparsekern.prune or torch.nn.utils.prune decide the pattern, else the weights' zeros.
     A bare nn.Linear as `model` is returned converted (it cannot be replaced in place).
     """
@@ -235,7 +274,9 @@ def sparsify(model: nn.Module, format: str = "auto", value_dtype: Optional[torch
     from tqdm.auto import tqdm
 
     targets = list(_linear_children(model))
-    for parent, attr, name in tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress):
+    bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
+    for parent, attr, name in bar:
+        bar.set_postfix_str(name, refresh=False)
         setattr(parent, attr, SparseLinear.from_dense(getattr(parent, attr), format=format,
                                                       value_dtype=value_dtype))
     return model

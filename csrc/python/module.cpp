@@ -12,9 +12,14 @@
 #include <string>
 
 #include "../kernels/cpu/csr_spmm.h"
+#include "../kernels/cpu/nm24_linear.h"
 
 namespace py = pybind11;
 namespace cpu = sparsekern::cpu;
+
+#ifdef SPARSEKERN_WITH_CUDA
+void register_cuda(py::module_& m);  // cuda_bindings.cpp
+#endif
 
 namespace {
 
@@ -93,6 +98,47 @@ void csr_spmm_cpu(const std::string& isa_name_arg, int64_t rows, int64_t cols, i
   cpu::csr_spmm_f32(isa, w, a);
 }
 
+void nm24_linear_cpu(const std::string& isa_name_arg, int64_t rows, int64_t cols, uintptr_t values,
+                     const std::string& value_type, uintptr_t meta, uintptr_t x, int64_t batch,
+                     int64_t x_row_stride, uintptr_t bias, uintptr_t y, uintptr_t workspace,
+                     int64_t workspace_floats, int num_threads) {
+  const cpu::Isa isa = parse_isa(isa_name_arg);
+  if (!cpu::cpu_supports(isa)) fail("this CPU cannot run the ", isa_name_arg, " kernels");
+  if (rows < 0 || cols < 0 || batch < 0)
+    fail("negative size: rows = ", rows, ", cols = ", cols, ", batch = ", batch);
+  if (cols % 4 != 0) fail("2:4 needs cols % 4 == 0, got cols = ", cols);
+  if (num_threads < 1) fail("num_threads = ", num_threads, ", expected >= 1");
+  if (batch > 1 && x_row_stride < cols)
+    fail("x row stride = ", x_row_stride, " is less than cols = ", cols);
+
+  cpu::Nm24Matrix w;
+  w.rows = rows;
+  w.cols = cols;
+  w.values = address<void>(values);
+  w.meta = address<uint8_t>(meta);
+  if (value_type == "float32") w.value_type = cpu::ValueType::f32;
+  else if (value_type == "bfloat16") w.value_type = cpu::ValueType::bf16;
+  else fail("values dtype '", value_type, "', expected float32 or bfloat16");
+  if (rows > 0 && cols > 0 && (!values || !meta)) fail("values or meta is null");
+
+  cpu::DenseArgs a;
+  a.x = address<float>(x);
+  a.batch = batch;
+  a.x_row_stride = x_row_stride;
+  a.bias = bias ? address<float>(bias) : nullptr;
+  a.y = reinterpret_cast<float*>(y);
+  a.workspace = reinterpret_cast<float*>(workspace);
+  a.num_threads = num_threads;
+  if (batch > 0 && rows > 0 && !y) fail("y is null");
+  if (batch > 0 && cols > 0 && !x) fail("x is null");
+  const int64_t needed = cpu::nm24_linear_workspace_floats(isa, batch, num_threads);
+  if (workspace_floats < needed) fail("workspace has ", workspace_floats, " floats, needs ", needed);
+  if (needed > 0 && (workspace % 64 != 0)) fail("workspace must be 64-byte aligned");
+
+  py::gil_scoped_release no_gil;
+  cpu::nm24_linear_f32(isa, w, a);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -112,8 +158,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("col_idx"), py::arg("index_type"), py::arg("values"), py::arg("value_type"),
         py::arg("x"), py::arg("batch"), py::arg("x_row_stride"), py::arg("bias"), py::arg("y"),
         py::arg("workspace"), py::arg("workspace_floats"), py::arg("num_threads"));
+  m.def("nm24_linear_workspace_floats",
+        [](const std::string& isa, int64_t batch, int num_threads) {
+          return cpu::nm24_linear_workspace_floats(parse_isa(isa), batch, num_threads);
+        },
+        "Floats of 64-byte-aligned workspace nm24_linear_cpu needs.");
+  m.def("nm24_linear_cpu", &nm24_linear_cpu,
+        "y[batch, rows] = x[batch, cols] @ W.T + bias for 2:4 W (values, meta), by raw addresses.",
+        py::arg("isa"), py::arg("rows"), py::arg("cols"), py::arg("values"), py::arg("value_type"),
+        py::arg("meta"), py::arg("x"), py::arg("batch"), py::arg("x_row_stride"), py::arg("bias"),
+        py::arg("y"), py::arg("workspace"), py::arg("workspace_floats"), py::arg("num_threads"));
 #ifdef SPARSEKERN_WITH_CUDA
   m.attr("with_cuda") = true;
+  register_cuda(m);
 #else
   m.attr("with_cuda") = false;
 #endif
