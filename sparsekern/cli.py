@@ -1,4 +1,4 @@
-"""The `sparsekern` command (also `python -m sparsekern`): demo, bench."""
+"""The `sparsekern` command (also `python -m sparsekern`): demo, bench, inspect."""
 import argparse
 import sys
 from typing import List, Optional
@@ -14,9 +14,15 @@ def _bench(argv: List[str]) -> int:
     return bench_cli.main(argv)
 
 
+def _inspect(argv: List[str]) -> int:
+    from . import io
+    return io.inspect_main(argv)
+
+
 COMMANDS = {
     "demo": (_demo, "prune, fine-tune and sparsify an MLP on the bundled digits data; print accuracy and speed"),
     "bench": (_bench, "time sparsekern against dense and torch.sparse on chosen layer shapes"),
+    "inspect": (_inspect, "per-layer table (format, shape, sparsity, bytes) of a file written by sparsekern.save"),
 }
 
 
