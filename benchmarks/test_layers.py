@@ -1,7 +1,6 @@
 """Per-layer speed: sparsekern vs dense F.linear, torch.sparse.mm and scipy.sparse, CPU."""
 import itertools
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn

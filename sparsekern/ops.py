@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from . import _backend
-from .formats import csr as csr_format
 from .formats import nm as nm_format
 
 _KERNEL_ACTIVATIONS = (torch.float32, torch.bfloat16, torch.float16)

@@ -1,5 +1,9 @@
 """Shared test helpers: the float64 masked-dense reference and the one tolerance table."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,20 @@ TOLERANCE = {
 }
 
 ALL_ISAS = ("scalar", "avx2", "avx512")
+
+# The directory holding the sparsekern these tests imported: the checkout (built in place) or
+# site-packages (installed).
+PACKAGE_PARENT = Path(sparsekern.__file__).resolve().parent.parent
+
+
+def run_python(args, cwd, env=None, timeout=300):
+    """Runs `python *args` in a fresh process that imports this same sparsekern. cwd must not
+    be a checkout: `python -c` puts cwd first on sys.path, and a checkout's sparsekern/ has no
+    compiled _C when the tests run against an installed package."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
 
 
 def reference_linear(x, weight, bias=None):

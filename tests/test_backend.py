@@ -1,17 +1,16 @@
 """CPU ISA choice: picked from the CPU, forced by SPARSEKERN_CPU_ISA, refused when impossible."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 import sparsekern
 
+from conftest import run_python
 
-def isa_in_subprocess(value):
+
+def isa_in_subprocess(value, tmp_path):
     env = dict(os.environ, SPARSEKERN_CPU_ISA=value)
-    return subprocess.run([sys.executable, "-c", "import sparsekern; print(sparsekern.cpu_isa())"],
-                          env=env, capture_output=True, text=True)
+    return run_python(["-c", "import sparsekern; print(sparsekern.cpu_isa())"], tmp_path, env)
 
 
 def test_default_is_the_best_supported():
@@ -21,8 +20,8 @@ def test_default_is_the_best_supported():
 
 
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
-def test_env_forces_an_isa(isa):
-    result = isa_in_subprocess(isa)
+def test_env_forces_an_isa(isa, tmp_path):
+    result = isa_in_subprocess(isa, tmp_path)
     if isa in sparsekern.supported_cpu_isas():
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == isa
@@ -30,8 +29,8 @@ def test_env_forces_an_isa(isa):
         assert "cannot run" in result.stderr
 
 
-def test_env_rejects_unknown_names():
-    result = isa_in_subprocess("sse9")
+def test_env_rejects_unknown_names(tmp_path):
+    result = isa_in_subprocess("sse9", tmp_path)
     assert result.returncode != 0
     assert "SPARSEKERN_CPU_ISA='sse9': expected one of scalar, avx2, avx512" in result.stderr
 

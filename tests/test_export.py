@@ -1,10 +1,6 @@
 """A sparsified model under torch.compile (fullgraph), torch.export (saved, then run in a fresh
 process) and ONNX (sparse on disk, checked, run in onnxruntime)."""
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +8,7 @@ from torch import nn
 
 import sparsekern as sk
 
-from conftest import random_sparse_weight
-
-REPO_ROOT = Path(sk.__file__).resolve().parent.parent
+from conftest import random_sparse_weight, run_python
 
 
 def sparse_model(width=64, density=0.1, formats=("csr", "dense", "csr"), seed=0):
@@ -69,9 +63,7 @@ def test_export_saved_program_runs_in_fresh_process(tmp_path):
         "inputs = torch.load(d + '/inputs.pt')\n"
         "with torch.no_grad():\n"
         "    torch.save({k: program.module()(v) for k, v in inputs.items()}, d + '/outputs.pt')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
-                         env=env, cwd=tmp_path, timeout=300)
+    run = run_python(["-c", script, str(tmp_path)], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     outputs = torch.load(str(tmp_path / "outputs.pt"))
     with torch.no_grad():
@@ -79,10 +71,9 @@ def test_export_saved_program_runs_in_fresh_process(tmp_path):
             torch.testing.assert_close(outputs[key], model(value))
 
 
-def test_import_does_not_need_onnx():
+def test_import_does_not_need_onnx(tmp_path):
     script = "import sys, sparsekern; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    run = run_python(["-c", script], tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
 
 

@@ -4,8 +4,6 @@ import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,9 +18,8 @@ from torch.nn.utils import prune as torch_prune
 import sparsekern as sk
 from sparsekern import io as skio
 
-from conftest import random_sparse_weight
+from conftest import random_sparse_weight, run_python
 
-REPO_ROOT = Path(sk.__file__).resolve().parent.parent
 
 
 def zero_out(model: nn.Module, density: float, seed: int = 0) -> nn.Module:
@@ -508,8 +505,7 @@ def test_inspect_cli(tmp_path):
     path = tmp_path / "m.safetensors"
     model = trained_net(formats=("csr", "dense", "csr"))
     sk.save(model, str(path))
-    run = subprocess.run([sys.executable, "-m", "sparsekern", "inspect", str(path)], capture_output=True,
-                         text=True, cwd=REPO_ROOT, timeout=120)
+    run = run_python(["-m", "sparsekern", "inspect", str(path)], tmp_path)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert "format version 1, 3 sparse layers" in lines[0]
@@ -521,7 +517,6 @@ def test_inspect_cli(tmp_path):
     assert "other tensors" in run.stdout
 
     path.write_bytes(path.read_bytes()[:100])
-    run = subprocess.run([sys.executable, "-m", "sparsekern", "inspect", str(path)], capture_output=True,
-                         text=True, cwd=REPO_ROOT, timeout=120)
+    run = run_python(["-m", "sparsekern", "inspect", str(path)], tmp_path)
     assert run.returncode == 1
     assert "sparsekern inspect:" in run.stderr and "header length" in run.stderr

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from sparsekern import ops
 from sparsekern.formats import csr
 
 from conftest import random_sparse_weight
