@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _backend, ops
+from . import _backend, ops, prune
 from .formats import PACKED_FORMATS
 from .formats import csr as csr_format
 from .formats.csr import CsrTensors
@@ -251,8 +251,13 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates) -> Tuple[st
 # ---- whole models --------------------------------------------------------------------------
 
 def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
-    """(parent, attribute, full name) of every nn.Linear below model."""
+    """(parent, attribute, full name) of every nn.Linear below model that can be replaced.
+
+    nn.MultiheadAttention's out_proj is skipped: its parent reads out_proj.weight directly
+    (F.multi_head_attention_forward) instead of calling the module."""
     for parent_name, parent in model.named_modules():
+        if isinstance(parent, nn.MultiheadAttention):
+            continue
         for attr, child in parent.named_children():
             if isinstance(child, nn.Linear):
                 yield parent, attr, f"{parent_name}.{attr}" if parent_name else attr
@@ -266,6 +271,8 @@ def sparsify(model: nn.Module, format: str = "auto", value_dtype: Optional[torch
     and faster than dense on this machine at batch 1 and 64, 2:4 only for 2:4 masks; see
     `summary` for the reason). Masks attached by
     sparsekern.prune or torch.nn.utils.prune decide the pattern, else the weights' zeros.
+    nn.MultiheadAttention's out_proj stays an nn.Linear (its parent reads the weight itself),
+    and torch's fused encoder fast path is turned off where it would read a packed weight.
     A bare nn.Linear as `model` is returned converted (it cannot be replaced in place).
     """
     _check_format(format, CHOICES)
@@ -279,4 +286,28 @@ def sparsify(model: nn.Module, format: str = "auto", value_dtype: Optional[torch
         bar.set_postfix_str(name, refresh=False)
         setattr(parent, attr, SparseLinear.from_dense(getattr(parent, attr), format=format,
                                                       value_dtype=value_dtype))
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            # Layers that stay nn.Linear keep their pruned zeros, without the mask
+            # bookkeeping that would otherwise stop sparsekern.save.
+            prune.finalize(module.out_proj)
+        elif isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+            _keep_off_fused_encoder(module)
     return model
+
+
+def _fused_encoder_off(module, args):
+    """Forward pre-hook that changes nothing: its presence is what turns off the fused path."""
+
+
+def _keep_off_fused_encoder(module: nn.Module) -> None:
+    # In eval mode under no_grad, torch's encoder layers take a fused C++ path that reads
+    # linear1.weight / linear2.weight as dense tensors, which a SparseLinear does not have.
+    # Torch skips that path for a layer with forward hooks, and for an encoder stack whose
+    # use_nested_tensor is False; this costs about a microsecond per layer call.
+    if not any(isinstance(m, SparseLinear) for m in module.modules()):
+        return
+    if isinstance(module, nn.TransformerEncoder):
+        module.use_nested_tensor = False
+    elif _fused_encoder_off not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_fused_encoder_off)

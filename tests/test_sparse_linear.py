@@ -211,3 +211,35 @@ def test_torch_compile_fullgraph_matches_eager():
     compiled = torch.compile(copy.deepcopy(model), fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_sparsify_leaves_attention_out_proj_and_keeps_the_encoder_working():
+    torch.manual_seed(0)
+    block = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True).eval()
+    sk.prune.magnitude(block, sparsity=0.5, scope="layer")
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = block(x)
+        sk.sparsify(block, format="csr", progress=False)
+        got = block(x)
+    out_proj = block.self_attn.out_proj
+    assert type(out_proj) is not sk.SparseLinear and not hasattr(out_proj, "weight_mask")
+    assert float((out_proj.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert isinstance(block.linear1, sk.SparseLinear) and isinstance(block.linear2, sk.SparseLinear)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sparsified_encoder_stack_with_padding_mask_runs_unfused():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, dim_feedforward=64, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=True).eval()
+    sk.prune.magnitude(encoder, sparsity=0.5, scope="layer")
+    x = torch.randn(2, 5, 32)
+    padding = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        sk.prune.finalize(encoder)
+        expected = encoder(x, src_key_padding_mask=padding)
+        sk.sparsify(encoder, format="csr", progress=False)
+        got = encoder(x, src_key_padding_mask=padding)
+    # Only unpadded positions are defined: torch's fused path writes zeros at padded ones.
+    torch.testing.assert_close(got[~padding], expected[~padding], rtol=1e-4, atol=1e-5)
