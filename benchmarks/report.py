@@ -29,7 +29,8 @@ def machine_line() -> str:
 
 
 def record(group: str, case_id: str, ratios: dict, targets: dict, config, details: str = ""):
-    """Stores one case's ratios; checks them against their targets."""
+    """Stores one case's ratios; checks them against their targets (a target of 0: none)."""
+    targets = {base: need for base, need in targets.items() if need}
     misses = [f"{base} {ratios[base]:.2f}x < {need:g}x" for base, need in targets.items()
               if base in ratios and ratios[base] < need]
     RESULTS.append({"group": group, "case": case_id, "ratios": ratios, "targets": targets,
