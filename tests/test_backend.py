@@ -42,6 +42,8 @@ def test_compiled_module_checks_its_arguments():
     with pytest.raises(ValueError, match="negative size"):
         c.csr_spmm_cpu("scalar", -1, 4, 0, 0, 0, "uint16", 0, "float32", 0, 1, 4, 0, 0, 0, 0, 1)
     with pytest.raises(ValueError, match="uint16 column indices need cols <= 65536, got cols = 70000"):
-        c.csr_spmm_cpu("scalar", 1, 70000, 0, 0, 0, "uint16", 0, "float32", 0, 1, 70000, 0, 0, 0, 0, 1)
+        c.csr_spmm_cpu("scalar", 1, 70000, 0, 0, 0, "uint16", 0, "float32", 0, 0, 70000, 0, 0, 0, 0, 1)
     with pytest.raises(ValueError, match="row_ptr is null"):
+        c.csr_spmm_cpu("scalar", 1, 4, 0, 0, 0, "uint16", 0, "float32", 0, 0, 4, 0, 0, 0, 0, 1)
+    with pytest.raises(ValueError, match="y is null"):
         c.csr_spmm_cpu("scalar", 1, 4, 0, 0, 0, "uint16", 0, "float32", 0, 1, 4, 0, 0, 0, 0, 1)

@@ -9,23 +9,17 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 
 #include "../kernels/cuda/csr_spmm.h"
 #include "../kernels/cuda/nm24_linear.h"
+#include "checks.h"
 
 namespace py = pybind11;
 namespace gpu = sparsekern::gpu;
+using sparsekern::bindings::fail;
 
 namespace {
-
-template <typename... Parts>
-[[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream message;
-  (message << ... << parts);
-  throw py::value_error(message.str());
-}
 
 gpu::DType parse_dtype(const char* what, const std::string& name) {
   if (name == "float32") return gpu::DType::f32;
@@ -77,11 +71,8 @@ void csr_spmm_cuda(int64_t rows, int64_t cols, int64_t nnz, uintptr_t row_ptr, u
   w.col_idx = reinterpret_cast<const void*>(col_idx);
   w.values = reinterpret_cast<const void*>(values);
   w.value_type = parse_dtype("values", value_type);
-  if (index_type == "uint16") w.index_type = gpu::IndexType::u16;
-  else if (index_type == "int32") w.index_type = gpu::IndexType::i32;
-  else fail("col_idx dtype '", index_type, "', expected uint16 or int32");
-  if (w.index_type == gpu::IndexType::u16 && cols > 65536)
-    fail("uint16 column indices need cols <= 65536, got cols = ", cols);
+  w.index_type = sparsekern::bindings::parse_index_type(index_type, cols, gpu::IndexType::u16,
+                                                         gpu::IndexType::i32);
   if (rows > 0 && !row_ptr) fail("row_ptr is null");
   if (nnz > 0 && (!col_idx || !values)) fail("col_idx or values is null with nnz = ", nnz);
 

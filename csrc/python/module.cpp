@@ -8,27 +8,22 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <sstream>
 #include <string>
 
 #include "../kernels/cpu/csr_spmm.h"
 #include "../kernels/cpu/nm24_linear.h"
+#include "checks.h"
 
 namespace py = pybind11;
 namespace cpu = sparsekern::cpu;
+using sparsekern::bindings::address;
+using sparsekern::bindings::fail;
 
 #ifdef SPARSEKERN_WITH_CUDA
 void register_cuda(py::module_& m);  // cuda_bindings.cpp
 #endif
 
 namespace {
-
-template <typename... Parts>
-[[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream message;
-  (message << ... << parts);
-  throw py::value_error(message.str());
-}
 
 cpu::Isa parse_isa(const std::string& name) {
   if (name == "scalar") return cpu::Isa::scalar;
@@ -45,41 +40,32 @@ const char* isa_name(cpu::Isa isa) {
   }
 }
 
-template <typename T>
-const T* address(uintptr_t p) { return reinterpret_cast<const T*>(p); }
+cpu::Isa runnable_isa(const std::string& name) {
+  const cpu::Isa isa = parse_isa(name);
+  if (!cpu::cpu_supports(isa)) fail("this CPU cannot run the ", name, " kernels");
+  return isa;
+}
 
-void csr_spmm_cpu(const std::string& isa_name_arg, int64_t rows, int64_t cols, int64_t nnz,
-                  uintptr_t row_ptr, uintptr_t col_idx, const std::string& index_type,
-                  uintptr_t values, const std::string& value_type, uintptr_t x, int64_t batch,
-                  int64_t x_row_stride, uintptr_t bias, uintptr_t y, uintptr_t workspace,
-                  int64_t workspace_floats, int num_threads) {
-  const cpu::Isa isa = parse_isa(isa_name_arg);
-  if (!cpu::cpu_supports(isa)) fail("this CPU cannot run the ", isa_name_arg, " kernels");
-  if (rows < 0 || cols < 0 || nnz < 0 || batch < 0)
-    fail("negative size: rows = ", rows, ", cols = ", cols, ", nnz = ", nnz, ", batch = ", batch);
+cpu::ValueType parse_value_type(const std::string& name) {
+  if (name == "float32") return cpu::ValueType::f32;
+  if (name == "bfloat16") return cpu::ValueType::bf16;
+  fail("values dtype '", name, "', expected float32 or bfloat16");
+}
+
+// The activations, bias, output and workspace of a CPU product, checked against each other.
+cpu::DenseArgs dense_args(int64_t rows, int64_t cols, uintptr_t x, int64_t batch, int64_t x_row_stride,
+                          uintptr_t bias, uintptr_t y, uintptr_t workspace, int64_t workspace_floats,
+                          int64_t workspace_needed, int num_threads) {
+  if (rows < 0 || cols < 0 || batch < 0)
+    fail("negative size: rows = ", rows, ", cols = ", cols, ", batch = ", batch);
   if (num_threads < 1) fail("num_threads = ", num_threads, ", expected >= 1");
   if (batch > 1 && x_row_stride < cols)
     fail("x row stride = ", x_row_stride, " is less than cols = ", cols);
-
-  cpu::CsrMatrix w;
-  w.rows = rows;
-  w.cols = cols;
-  w.row_ptr = address<int64_t>(row_ptr);
-  w.col_idx = address<void>(col_idx);
-  w.values = address<void>(values);
-  if (index_type == "uint16") w.index_type = cpu::IndexType::u16;
-  else if (index_type == "int32") w.index_type = cpu::IndexType::i32;
-  else fail("col_idx dtype '", index_type, "', expected uint16 or int32");
-  if (w.index_type == cpu::IndexType::u16 && cols > 65536)
-    fail("uint16 column indices need cols <= 65536, got cols = ", cols);
-  if (value_type == "float32") w.value_type = cpu::ValueType::f32;
-  else if (value_type == "bfloat16") w.value_type = cpu::ValueType::bf16;
-  else fail("values dtype '", value_type, "', expected float32 or bfloat16");
-  if (!row_ptr) fail("row_ptr is null");
-  if (w.row_ptr[0] != 0 || w.row_ptr[rows] != nnz)
-    fail("row_ptr must run from 0 to nnz = ", nnz, ", got ", w.row_ptr[0], " .. ", w.row_ptr[rows]);
-  if (nnz > 0 && (!col_idx || !values)) fail("col_idx or values is null with nnz = ", nnz);
-
+  if (batch > 0 && rows > 0 && !y) fail("y is null");
+  if (batch > 0 && cols > 0 && !x) fail("x is null");
+  if (workspace_floats < workspace_needed)
+    fail("workspace has ", workspace_floats, " floats, needs ", workspace_needed);
+  if (workspace_needed > 0 && (workspace % 64 != 0)) fail("workspace must be 64-byte aligned");
   cpu::DenseArgs a;
   a.x = address<float>(x);
   a.batch = batch;
@@ -88,11 +74,31 @@ void csr_spmm_cpu(const std::string& isa_name_arg, int64_t rows, int64_t cols, i
   a.y = reinterpret_cast<float*>(y);
   a.workspace = reinterpret_cast<float*>(workspace);
   a.num_threads = num_threads;
-  if (batch > 0 && rows > 0 && !y) fail("y is null");
-  if (batch > 0 && cols > 0 && !x) fail("x is null");
-  const int64_t needed = cpu::csr_spmm_workspace_floats(isa, batch, cols);
-  if (workspace_floats < needed) fail("workspace has ", workspace_floats, " floats, needs ", needed);
-  if (needed > 0 && (workspace % 64 != 0)) fail("workspace must be 64-byte aligned");
+  return a;
+}
+
+void csr_spmm_cpu(const std::string& isa_name_arg, int64_t rows, int64_t cols, int64_t nnz,
+                  uintptr_t row_ptr, uintptr_t col_idx, const std::string& index_type,
+                  uintptr_t values, const std::string& value_type, uintptr_t x, int64_t batch,
+                  int64_t x_row_stride, uintptr_t bias, uintptr_t y, uintptr_t workspace,
+                  int64_t workspace_floats, int num_threads) {
+  const cpu::Isa isa = runnable_isa(isa_name_arg);
+  const cpu::DenseArgs a = dense_args(rows, cols, x, batch, x_row_stride, bias, y, workspace, workspace_floats,
+                                      cpu::csr_spmm_workspace_floats(isa, batch, cols), num_threads);
+  if (nnz < 0) fail("negative size: nnz = ", nnz);
+  cpu::CsrMatrix w;
+  w.rows = rows;
+  w.cols = cols;
+  w.row_ptr = address<int64_t>(row_ptr);
+  w.col_idx = address<void>(col_idx);
+  w.values = address<void>(values);
+  w.index_type = sparsekern::bindings::parse_index_type(index_type, cols, cpu::IndexType::u16,
+                                                         cpu::IndexType::i32);
+  w.value_type = parse_value_type(value_type);
+  if (!row_ptr) fail("row_ptr is null");
+  if (w.row_ptr[0] != 0 || w.row_ptr[rows] != nnz)
+    fail("row_ptr must run from 0 to nnz = ", nnz, ", got ", w.row_ptr[0], " .. ", w.row_ptr[rows]);
+  if (nnz > 0 && (!col_idx || !values)) fail("col_idx or values is null with nnz = ", nnz);
 
   py::gil_scoped_release no_gil;
   cpu::csr_spmm_f32(isa, w, a);
@@ -102,38 +108,17 @@ void nm24_linear_cpu(const std::string& isa_name_arg, int64_t rows, int64_t cols
                      const std::string& value_type, uintptr_t meta, uintptr_t x, int64_t batch,
                      int64_t x_row_stride, uintptr_t bias, uintptr_t y, uintptr_t workspace,
                      int64_t workspace_floats, int num_threads) {
-  const cpu::Isa isa = parse_isa(isa_name_arg);
-  if (!cpu::cpu_supports(isa)) fail("this CPU cannot run the ", isa_name_arg, " kernels");
-  if (rows < 0 || cols < 0 || batch < 0)
-    fail("negative size: rows = ", rows, ", cols = ", cols, ", batch = ", batch);
+  const cpu::Isa isa = runnable_isa(isa_name_arg);
+  const cpu::DenseArgs a = dense_args(rows, cols, x, batch, x_row_stride, bias, y, workspace, workspace_floats,
+                                      cpu::nm24_linear_workspace_floats(isa, batch, num_threads), num_threads);
   if (cols % 4 != 0) fail("2:4 needs cols % 4 == 0, got cols = ", cols);
-  if (num_threads < 1) fail("num_threads = ", num_threads, ", expected >= 1");
-  if (batch > 1 && x_row_stride < cols)
-    fail("x row stride = ", x_row_stride, " is less than cols = ", cols);
-
   cpu::Nm24Matrix w;
   w.rows = rows;
   w.cols = cols;
   w.values = address<void>(values);
   w.meta = address<uint8_t>(meta);
-  if (value_type == "float32") w.value_type = cpu::ValueType::f32;
-  else if (value_type == "bfloat16") w.value_type = cpu::ValueType::bf16;
-  else fail("values dtype '", value_type, "', expected float32 or bfloat16");
+  w.value_type = parse_value_type(value_type);
   if (rows > 0 && cols > 0 && (!values || !meta)) fail("values or meta is null");
-
-  cpu::DenseArgs a;
-  a.x = address<float>(x);
-  a.batch = batch;
-  a.x_row_stride = x_row_stride;
-  a.bias = bias ? address<float>(bias) : nullptr;
-  a.y = reinterpret_cast<float*>(y);
-  a.workspace = reinterpret_cast<float*>(workspace);
-  a.num_threads = num_threads;
-  if (batch > 0 && rows > 0 && !y) fail("y is null");
-  if (batch > 0 && cols > 0 && !x) fail("x is null");
-  const int64_t needed = cpu::nm24_linear_workspace_floats(isa, batch, num_threads);
-  if (workspace_floats < needed) fail("workspace has ", workspace_floats, " floats, needs ", needed);
-  if (needed > 0 && (workspace % 64 != 0)) fail("workspace must be 64-byte aligned");
 
   py::gil_scoped_release no_gil;
   cpu::nm24_linear_f32(isa, w, a);
