@@ -3,19 +3,23 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import sparsekern as sk
+from sparsekern.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates
 from sparsekern.timing import time_interleaved
 
-from sparsekern.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates
 from report import bench_mode, record
-from targets import BF16_TARGETS, LAYER_TARGETS, NM24_BF16_TARGETS, NM24_TARGETS
+from targets import BF16_TARGETS, LAYER_TARGETS
+
+
+def nm24(shape, batch, values="fp32", cache="hot"):
+    return Case(shape, 0.5, batch, values, cache, format="2:4")
+
 
 QUICK = [
     Case("llama-qkvo", 0.9, 1), Case("llama-qkvo", 0.9, 64), Case("bert-up", 0.9, 1),
     Case("bert-down", 0.9, 64), Case("llama-qkvo", 0.9, 1, "bf16"), Case("bert-up", 0.9, 64, cache="cold"),
+    nm24("llama-qkvo", 1), nm24("bert-up", 64),
 ]
 TARGETED = [
     Case("llama-qkvo", 0.9, 1), Case("llama-qkvo", 0.9, 64), Case("llama-qkvo", 0.9, 256),
@@ -23,26 +27,25 @@ TARGETED = [
     Case("bert-down", 0.9, 1), Case("bert-down", 0.9, 64),
     Case("llama-qkvo", 0.9, 1, cache="cold"), Case("llama-qkvo", 0.9, 64, cache="cold"),
     Case("bert-up", 0.9, 1, cache="cold"), Case("bert-up", 0.9, 64, cache="cold"),
+] + [nm24(shape, batch) for shape in ("llama-qkvo", "llama-up") for batch in (1, 64, 256)] + [
+    nm24("bert-up", 64), nm24("bert-down", 64),
 ]
-# 2:4 cases: sparsity 0.5 stands for the 2:4 pattern.
-NM24_QUICK = [Case("llama-qkvo", 0.5, 1), Case("bert-up", 0.5, 64)]
-NM24_TARGETED = [Case(shape, 0.5, batch) for shape in ("llama-qkvo", "llama-up") for batch in (1, 64, 256)] + \
-    [Case("bert-up", 0.5, 64), Case("bert-down", 0.5, 64)]
-FULL = [Case(*c) for c in itertools.product(SHAPES, SPARSITIES, BATCHES, VALUE_DTYPES, ("hot", "cold"))]
+CACHES = ("hot", "cold")
+FULL = [Case(*c) for c in itertools.product(SHAPES, SPARSITIES, BATCHES, VALUE_DTYPES, CACHES)] + \
+    [nm24(*c) for c in itertools.product(SHAPES, BATCHES, VALUE_DTYPES, CACHES)]
+# bf16 values against fp32 values at batch 1: (shape, format).
+BF16_QUICK = [("llama-qkvo", "csr")]
+BF16_TARGETED = [("llama-qkvo", "csr"), ("llama-qkvo", "2:4"), ("llama-up", "2:4")]
 
 
 def pytest_generate_tests(metafunc):
+    mode = bench_mode(metafunc.config)
     if "case" in metafunc.fixturenames:
-        cases = {"quick": QUICK, "targets": TARGETED, "full": FULL}[bench_mode(metafunc.config)]
+        cases = {"quick": QUICK, "targets": TARGETED, "full": FULL}[mode]
         metafunc.parametrize("case", cases, ids=[c.id for c in cases])
-    if "bf16_shape" in metafunc.fixturenames:
-        metafunc.parametrize("bf16_shape", ["llama-qkvo"])
-    if "nm24_case" in metafunc.fixturenames:
-        cases = {"quick": NM24_QUICK, "targets": NM24_TARGETED, "full": NM24_TARGETED}[bench_mode(metafunc.config)]
-        metafunc.parametrize("nm24_case", cases, ids=[c.id.replace("-s0.5-", "-2:4-") for c in cases])
-    if "nm24_bf16_shape" in metafunc.fixturenames:
-        shapes = ["llama-qkvo"] if bench_mode(metafunc.config) == "quick" else ["llama-qkvo", "llama-up"]
-        metafunc.parametrize("nm24_bf16_shape", shapes)
+    if "bf16_case" in metafunc.fixturenames:
+        cases = BF16_QUICK if mode == "quick" else BF16_TARGETED
+        metafunc.parametrize("bf16_case", cases, ids=[f"{s}-{f}" for s, f in cases])
 
 
 def test_layer(case, benchmark, request):
@@ -54,64 +57,28 @@ def test_layer(case, benchmark, request):
     ratios = {name: t / times["sparsekern"] for name, t in times.items() if name != "sparsekern"}
     seconds = times["sparsekern"]
     benchmark.extra_info.update({
-        "sparsity": case.sparsity, "format": "csr", "values": case.values, "cache": case.cache,
+        "sparsity": case.sparsity, "format": case.format, "values": case.values, "cache": case.cache,
         "isa": sk.cpu_isa(), "batch": case.batch, "shape": [out_features, in_features],
         "weight_bytes": cands.weight_bytes,
         "flops_per_s": 2 * case.batch * cands.layer.nnz / seconds,
         "dense_equivalent_flops_per_s": 2 * case.batch * out_features * in_features / seconds,
         "median_s": times, "speedup": ratios,
     })
-    record("layer", case.id, ratios, LAYER_TARGETS.get(case.id, {}), request.config,
+    record(case.format, case.id, ratios, LAYER_TARGETS.get(case.id, {}), request.config,
            f"(dense {times['dense'] * 1e3:.3f} ms)")
 
 
 @pytest.mark.parametrize("cache", ["hot", "cold"])
-def test_bf16_values_vs_fp32(bf16_shape, cache, request):
-    fp32 = candidates(Case(bf16_shape, 0.9, 1, "fp32", cache), with_scipy=False).calls["sparsekern"]
-    bf16 = candidates(Case(bf16_shape, 0.9, 1, "bf16", cache), with_scipy=False).calls["sparsekern"]
+def test_bf16_values_vs_fp32(bf16_case, cache, request):
+    shape, format = bf16_case
+    sparsity = 0.5 if format == "2:4" else 0.9
+    calls = {values: candidates(Case(shape, sparsity, 1, values, cache, format),
+                                with_scipy=False).calls["sparsekern"]
+             for values in ("fp32", "bf16")}
     with torch.no_grad():
-        times = time_interleaved({"fp32": fp32, "bf16": bf16}, rounds=9, round_seconds=0.02)
-    out_features, in_features = SHAPES[bf16_shape]
-    key = f"{out_features}x{in_features}-s0.9-b1"
-    # The target is set hot (the issues' default); cold is reported beside it.
+        times = time_interleaved(calls, rounds=9, round_seconds=0.02)
+    key = Case(shape, sparsity, 1, format=format).id.rsplit("-", 2)[0]  # e.g. 4096x4096-s0.9-b1
+    # Targets are set hot (the issues' default); cold is reported beside them.
     target = BF16_TARGETS.get(key, 0) if cache == "hot" else 0
     record("bf16", f"{key}-{cache}", {"fp32 values": times["fp32"] / times["bf16"]},
            {"fp32 values": target}, request.config)
-
-
-def nm24_layer(shape: str, value_dtype=torch.float32):
-    """(dense nn.Linear with 2:4 magnitude-pruned weights, its SparseLinear(format="2:4"))."""
-    out_features, in_features = SHAPES[shape]
-    torch.manual_seed(0)
-    linear = nn.Linear(in_features, out_features)
-    sk.prune.nm(linear, n=2, m=4)
-    layer = sk.SparseLinear.from_dense(linear, format="2:4", value_dtype=value_dtype)
-    dense = nn.Linear(in_features, out_features)
-    with torch.no_grad():
-        dense.weight.copy_(linear.weight)
-        dense.bias.copy_(linear.bias)
-    return dense, layer
-
-
-def test_layer_24(nm24_case, request):
-    dense, layer = nm24_layer(nm24_case.shape)
-    x = torch.randn(nm24_case.batch, dense.in_features)
-    weight, bias = dense.weight.detach(), dense.bias.detach()
-    with torch.no_grad():
-        times = time_interleaved({"dense": lambda: F.linear(x, weight, bias), "sparsekern": lambda: layer(x)},
-                                 rounds=7, round_seconds=0.02)
-    case_id = nm24_case.id.replace("-s0.5-", "-2:4-")
-    record("2:4", case_id, {"dense": times["dense"] / times["sparsekern"]}, NM24_TARGETS.get(case_id, {}),
-           request.config, f"(dense {times['dense'] * 1e3:.3f} ms, {torch.get_num_threads()} threads)")
-
-
-def test_bf16_24_values_vs_fp32(nm24_bf16_shape, request):
-    _, fp32 = nm24_layer(nm24_bf16_shape)
-    _, bf16 = nm24_layer(nm24_bf16_shape, torch.bfloat16)
-    x = torch.randn(1, fp32.in_features)
-    with torch.no_grad():
-        times = time_interleaved({"fp32": lambda: fp32(x), "bf16": lambda: bf16(x)}, rounds=9, round_seconds=0.02)
-    out_features, in_features = SHAPES[nm24_bf16_shape]
-    key = f"{out_features}x{in_features}-2:4-b1"
-    record("bf16", key, {"fp32 values": times["fp32"] / times["bf16"]},
-           {"fp32 values": NM24_BF16_TARGETS.get(key, 0)}, request.config)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import nn as sk_nn
+from . import prune
 
 # (out_features, in_features) from real models.
 SHAPES = {
@@ -30,35 +31,40 @@ COLD_BYTES = 96 << 20  # cycle through more weight bytes than the 32 MiB L3 hold
 
 
 class Case(NamedTuple):
+    """One layer case. format "2:4" prunes to the 2:4 pattern (sparsity is then 0.5)."""
     shape: str
     sparsity: float
     batch: int
     values: str = "fp32"
     cache: str = "hot"
+    format: str = "csr"
+
+    @property
+    def pattern(self) -> str:
+        """'2:4' or the sparsity, as in case ids: 's0.9'."""
+        return "2:4" if self.format == "2:4" else f"s{self.sparsity:g}"
 
     @property
     def id(self) -> str:
         out_features, in_features = SHAPES[self.shape]
-        return (f"{out_features}x{in_features}-s{self.sparsity:g}-b{self.batch}-{self.values}"
-                f"-{self.cache}")
+        return f"{out_features}x{in_features}-{self.pattern}-b{self.batch}-{self.values}-{self.cache}"
 
 
 _weights: Dict = {}
 
 
-def pruned_linear(shape: str, sparsity: float) -> nn.Linear:
-    """A Linear of the named shape, magnitude-pruned (unstructured) to `sparsity`, seeded."""
-    key = (shape, sparsity)
+def pruned_linear(shape: str, sparsity: float, format: str = "csr") -> nn.Linear:
+    """A Linear of the named shape, seeded, magnitude-pruned: unstructured to `sparsity`, or
+    to the 2:4 pattern for format "2:4"."""
+    key = (shape, sparsity, format)
     if key not in _weights:
         out_features, in_features = SHAPES[shape]
         torch.manual_seed(0)
         linear = nn.Linear(in_features, out_features)
-        with torch.no_grad():
-            magnitude = linear.weight.abs().flatten()
-            k = int(sparsity * magnitude.numel())
-            if k > 0:
-                threshold = magnitude.kthvalue(k).values
-                linear.weight[linear.weight.abs() <= threshold] = 0
+        if format == "2:4":
+            prune.finalize(prune.nm(linear, n=2, m=4))
+        elif sparsity > 0:
+            prune.finalize(prune.magnitude(linear, sparsity=sparsity))
         _weights.clear()  # keep one shape in memory: the big ones are hundreds of MB
         _weights[key] = linear
     return _weights[key]
@@ -86,11 +92,11 @@ class Candidates(NamedTuple):
 
 def candidates(case: Case, with_scipy: bool = True) -> Candidates:
     """name -> zero-argument callable computing the layer's output for one batch."""
-    linear = pruned_linear(case.shape, case.sparsity)
+    linear = pruned_linear(case.shape, case.sparsity, case.format)
     out_features, in_features = SHAPES[case.shape]
     x = torch.randn(case.batch, in_features)
     weight, bias = linear.weight.detach(), linear.bias.detach()
-    layer = sk_nn.SparseLinear.from_dense(linear, value_dtype=VALUE_DTYPES[case.values])
+    layer = sk_nn.SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])
     with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
         warnings.simplefilter("ignore", UserWarning)
         w_csr = weight.to_sparse_csr()
@@ -102,7 +108,7 @@ def candidates(case: Case, with_scipy: bool = True) -> Candidates:
         return lambda: F.linear(x, w, bias)
 
     def sparsekern_call():
-        copy = sk_nn.SparseLinear.from_dense(linear, value_dtype=VALUE_DTYPES[case.values])
+        copy = sk_nn.SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])
         return lambda: copy(x)
 
     def torch_sparse_call():

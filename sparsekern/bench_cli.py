@@ -1,5 +1,6 @@
 """`sparsekern bench`: time chosen layer cases, or read a pytest-benchmark JSON; print speedups
-over dense, the break-even sparsity per shape and batch, and optionally plot them (PNG)."""
+over dense, the break-even sparsity per shape and batch, and optionally plot them (PNG).
+--format 2:4 times the 2:4 pattern instead of a sparsity sweep."""
 import argparse
 import json
 from collections import defaultdict
@@ -20,6 +21,7 @@ def _parse(argv: List[str]) -> argparse.Namespace:
                    help="layer shapes: " + ", ".join(f"{k}={o}x{i}" for k, (o, i) in SHAPES.items()))
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9, 0.95])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
+    p.add_argument("--format", choices=["csr", "2:4"], default="csr")
     p.add_argument("--values", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--cache", choices=["hot", "cold"], default="hot")
     p.add_argument("--json", metavar="FILE", help="read results of 'pytest benchmarks/ --benchmark-json FILE' instead of timing")
@@ -37,8 +39,9 @@ def _parse(argv: List[str]) -> argparse.Namespace:
 def measure(args) -> Curves:
     from tqdm.auto import tqdm
 
-    cases = [Case(shape, s, b, args.values, args.cache)
-             for shape in args.shapes for b in args.batches for s in args.sparsities]
+    sparsities = [0.5] if args.format == "2:4" else args.sparsities
+    cases = [Case(shape, s, b, args.values, args.cache, args.format)
+             for shape in args.shapes for b in args.batches for s in sparsities]
     curves: Curves = defaultdict(dict)
     for case in tqdm(cases, desc="bench", unit="case"):
         calls = candidates(case, with_scipy=False).calls
@@ -49,41 +52,49 @@ def measure(args) -> Curves:
     return curves
 
 
-def read_json(path: str) -> Curves:
-    with open(path) as f:
+def read_json(args) -> Curves:
+    """The layer results of a `pytest benchmarks/ --benchmark-json` file that match the
+    chosen format, values dtype and cache mode."""
+    with open(args.json) as f:
         data = json.load(f)
     curves: Curves = defaultdict(dict)
     names = {v: k for k, v in SHAPES.items()}
+    wanted = {"format": args.format, "values": args.values, "cache": args.cache}
     for bench in data.get("benchmarks", []):
         info = bench.get("extra_info", {})
         if "speedup" not in info or "dense" not in info["speedup"]:
             continue
+        if any(info.get(key) != value for key, value in wanted.items()):
+            continue
         shape = names.get(tuple(info["shape"]), "x".join(map(str, info["shape"])))
         curves[(shape, info["batch"])][info["sparsity"]] = info["speedup"]["dense"]
     if not curves:
-        raise SystemExit(f"{path}: no layer results with speedups (was it written by pytest benchmarks/?)")
+        raise SystemExit(f"{args.json}: no layer results for {wanted} (was it written by pytest benchmarks/?)")
     return curves
 
 
-def break_even(points: Dict[float, float]) -> Optional[float]:
-    """The lowest sparsity from which sparsekern beats dense, linearly interpolated."""
+def break_even(points: Dict[float, float]) -> str:
+    """The lowest sparsity from which sparsekern beats dense, linearly interpolated between
+    the measured sparsities ("<= s" when it already wins at the lowest one measured)."""
     items = sorted(points.items())
+    if not items or items[-1][1] < 1:
+        return "not reached"
+    if items[0][1] >= 1:
+        return f"<= {items[0][0]:.0%}"
     for (s0, r0), (s1, r1) in zip(items, items[1:]):
         if r0 < 1 <= r1:
-            return s0 + (1 - r0) * (s1 - s0) / (r1 - r0)
-    if items and items[0][1] >= 1:
-        return items[0][0]  # already faster at the lowest sparsity measured
-    return None
+            return f"{s0 + (1 - r0) * (s1 - s0) / (r1 - r0):.0%}"
+    return "not reached"
 
 
-def report(curves: Curves) -> str:
+def report(curves: Curves, format: str) -> str:
     sparsities = sorted({s for pts in curves.values() for s in pts})
-    header = ["shape", "batch"] + [f"{s:.0%}" for s in sparsities] + ["break-even"]
+    labels = ["2:4"] if format == "2:4" else [f"{s:.0%}" for s in sparsities]
+    header = ["shape", "batch"] + labels + ["break-even"]
     rows = [header]
     for (shape, batch), pts in sorted(curves.items()):
-        even = break_even(pts)
         rows.append([shape, str(batch)] + [f"{pts[s]:.2f}x" if s in pts else "" for s in sparsities]
-                    + [f"{even:.0%}" if even is not None else "not reached"])
+                    + [break_even(pts)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
@@ -94,7 +105,7 @@ def plot(curves: Curves, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib")
+        raise SystemExit("--plot needs matplotlib: pip install "sparsekern[plot]" (or matplotlib)")
     shapes = sorted({shape for shape, _ in curves})
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
@@ -113,9 +124,10 @@ def plot(curves: Curves, path: str) -> None:
 
 def main(argv: List[str]) -> int:
     args = _parse(argv)
-    curves = read_json(args.json) if args.json else measure(args)
-    print(f"speedup of sparsekern over dense F.linear ({'from ' + args.json if args.json else args.cache + ' cache, ' + args.values + ' values'})")
-    print(report(curves))
+    curves = read_json(args) if args.json else measure(args)
+    source = f"from {args.json}, " if args.json else ""
+    print(f"speedup of sparsekern over dense F.linear ({source}{args.format}, {args.cache} cache, {args.values} values)")
+    print(report(curves, args.format))
     if args.plot:
         plot(curves, args.plot)
         print(f"plot written to {args.plot}")
