@@ -105,7 +105,7 @@ def plot(curves: Curves, path: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install "sparsekern[plot]" (or matplotlib)")
+        raise SystemExit("--plot needs matplotlib: pip install 'sparsekern[plot]' (or matplotlib)")
     shapes = sorted({shape for shape, _ in curves})
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
