@@ -52,7 +52,9 @@ class SparseLinear(nn.Module):
             self._set_packed(PACKED_FORMATS[format].skeleton((out_features, in_features), nnz, dtype, device))
         else:
             self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=dtype, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        # Registered even when absent (as nn.Linear does), so forward() can read _parameters.
+        self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
+                                if bias else None)
         self.choice_note = ""  # why sparsify(format="auto") chose this format
 
     @classmethod
