@@ -89,12 +89,13 @@ def break_even(points: Dict[float, float]) -> str:
 
 def report(curves: Curves, format: str) -> str:
     sparsities = sorted({s for pts in curves.values() for s in pts})
-    labels = ["2:4"] if format == "2:4" else [f"{s:.0%}" for s in sparsities]
-    header = ["shape", "batch"] + labels + ["break-even"]
+    sweep = format != "2:4"  # 2:4 is one pattern, not a sweep: no break-even to find
+    labels = [f"{s:.0%}" for s in sparsities] if sweep else ["2:4"]
+    header = ["shape", "batch"] + labels + (["break-even"] if sweep else [])
     rows = [header]
     for (shape, batch), pts in sorted(curves.items()):
         rows.append([shape, str(batch)] + [f"{pts[s]:.2f}x" if s in pts else "" for s in sparsities]
-                    + [break_even(pts)])
+                    + ([break_even(pts)] if sweep else []))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
