@@ -71,7 +71,7 @@ class SparseLinear(nn.Module):
         weight = getattr(linear, "weight_orig", linear.weight).detach()
         if mask is None:
             mask = getattr(linear, "weight_mask", None)
-        mask = csr_format._check_mask(weight, mask)
+        mask = csr_format.check_mask(weight, mask)
         has_bias = linear.bias is not None
         if format == "auto":
             format, note = _choose_format(weight, mask, has_bias, value_dtype)

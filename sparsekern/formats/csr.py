@@ -29,7 +29,9 @@ def index_dtype(in_features: int) -> torch.dtype:
     return torch.uint16 if in_features <= MAX_UINT16_COLS else torch.int32
 
 
-def _check_mask(weight: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+def check_mask(weight: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The bool [out, in] mask of `weight` (default: its nonzeros), after checking both; shared
+    by every packed format."""
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
     if not weight.is_floating_point():
@@ -53,7 +55,7 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
 
     A kept entry whose value is 0 is stored: the mask, not the value, decides the pattern.
     """
-    mask = _check_mask(weight, mask)
+    mask = check_mask(weight, mask)
     value_dtype = value_dtype or weight.dtype
     if value_dtype not in VALUE_DTYPES:
         raise TypeError(f"value dtype {value_dtype} is not one of {VALUE_DTYPES}")

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .csr import VALUE_DTYPES, _check_mask
+from .csr import VALUE_DTYPES, check_mask
 
 GROUP = 4  # M of N:M
 KEPT = 2   # N of N:M
@@ -64,7 +64,7 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
 
     Raises ValueError naming the first row and group that keeps more than 2 of 4.
     """
-    mask = _check_mask(weight, mask)
+    mask = check_mask(weight, mask)
     value_dtype = value_dtype or weight.dtype
     if value_dtype not in VALUE_DTYPES:
         raise TypeError(f"value dtype {value_dtype} is not one of {VALUE_DTYPES}")
