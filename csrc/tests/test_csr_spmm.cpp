@@ -1,17 +1,17 @@
 // C++ kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1/odd, empty rows, odd and prime sizes, uint16 and int32 indices,
 // fp32 and bf16 values, strided x, no bias). Exit code 0 when all pass.
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "csr_spmm.h"
+#include "dense_harness.h"
 
 using namespace sparsekern::cpu;
+using namespace sparsekern::test;
 
 namespace {
 
@@ -21,44 +21,28 @@ struct Case {
   IndexType index_type;
   ValueType value_type;
   bool bias;
-  int64_t x_pad;  // extra floats per x row: a strided input
+  int64_t x_pad;
 };
-
-uint16_t to_bf16(float f) {  // round to nearest even
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
-}
-float from_bf16(uint16_t b) {
-  uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-int failures = 0;
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   std::uniform_real_distribution<float> unit(0.f, 1.f);
+  const bool bf16 = c.value_type == ValueType::bf16;
   std::vector<int64_t> row_ptr{0};
   std::vector<int32_t> cols32;
   std::vector<float> vals;
+  RowTerms terms(size_t(c.rows));
   for (int64_t r = 0; r < c.rows; ++r) {
     const bool empty_row = r % 7 == 3;  // rows with no nonzeros must still get the bias
     for (int64_t k = 0; k < c.cols; ++k)
       if (!empty_row && unit(rng) < c.density) {
         cols32.push_back(int32_t(k));
-        const float v = (1.f + unit(rng)) * (unit(rng) < 0.5f ? -1.f : 1.f);
-        vals.push_back(c.value_type == ValueType::bf16 ? from_bf16(to_bf16(v)) : v);
+        vals.push_back(random_weight(rng, bf16));
+        terms[size_t(r)].emplace_back(vals.back(), k);
       }
     row_ptr.push_back(int64_t(cols32.size()));
   }
   std::vector<uint16_t> cols16(cols32.begin(), cols32.end()), vals16;
   for (float v : vals) vals16.push_back(to_bf16(v));
-  const int64_t stride = c.cols + c.x_pad;
-  std::vector<float> x(size_t(std::max<int64_t>(c.batch * stride, 1))), bias(size_t(c.rows));
-  for (auto& v : x) v = unit(rng) * 2.f - 1.f;
-  for (auto& v : bias) v = unit(rng);
 
   CsrMatrix w;
   w.rows = c.rows;
@@ -67,42 +51,12 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.index_type = c.index_type;
   w.col_idx = c.index_type == IndexType::u16 ? (const void*)cols16.data() : (const void*)cols32.data();
   w.value_type = c.value_type;
-  w.values = c.value_type == ValueType::f32 ? (const void*)vals.data() : (const void*)vals16.data();
-
-  std::vector<float> y(size_t(c.batch * c.rows), NAN);
-  const int64_t ws_floats = csr_spmm_workspace_floats(isa, c.batch, c.cols);
-  float* ws = static_cast<float*>(std::aligned_alloc(64, size_t((ws_floats + 16) * 4)));
-  DenseArgs a;
-  a.x = x.data();
-  a.batch = c.batch;
-  a.x_row_stride = stride;
-  a.bias = c.bias ? bias.data() : nullptr;
-  a.y = y.data();
-  a.workspace = ws;
-  a.num_threads = 2;
-  csr_spmm_f32(isa, w, a);
-  std::free(ws);
-
-  for (int64_t b = 0; b < c.batch; ++b)
-    for (int64_t r = 0; r < c.rows; ++r) {
-      double ref = c.bias ? bias[size_t(r)] : 0.0, mag = std::fabs(ref);
-      for (int64_t j = row_ptr[size_t(r)]; j < row_ptr[size_t(r) + 1]; ++j) {
-        const double term = double(vals[size_t(j)]) * x[size_t(b * stride + cols32[size_t(j)])];
-        ref += term;
-        mag += std::fabs(term);
-      }
-      // fp32 accumulation error grows like sqrt(terms) times the magnitude of the sum.
-      const double n = double(row_ptr[size_t(r) + 1] - row_ptr[size_t(r)]) + 1;
-      const double tol = 1e-6 * std::sqrt(n) * (mag + 1.0) * 4;
-      const double got = y[size_t(b * c.rows + r)];
-      if (!(std::fabs(got - ref) <= tol)) {
-        if (failures++ < 10)
-          std::printf("FAIL isa=%d rows=%lld cols=%lld batch=%lld idx=%d val=%d b=%lld r=%lld got=%g ref=%g\n",
-                      int(isa), (long long)c.rows, (long long)c.cols, (long long)c.batch,
-                      int(c.index_type), int(c.value_type), (long long)b, (long long)r, got, ref);
-        return;
-      }
-    }
+  w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
+  const std::string label = "csr isa=" + std::to_string(int(isa)) + " idx=" + std::to_string(int(c.index_type)) +
+                            " val=" + std::to_string(int(c.value_type));
+  run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad}, terms,
+                csr_spmm_workspace_floats(isa, c.batch, c.cols), rng,
+                [&](const DenseArgs& a) { csr_spmm_f32(isa, w, a); }, label.c_str());
 }
 
 }  // namespace

@@ -1,0 +1,95 @@
+// What every C++ kernel test shares: bf16 conversion, random activations and bias, the caller's
+// side of a kernel call (workspace, DenseArgs), and the float64 reference check.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "csr_spmm.h"
+
+namespace sparsekern::test {
+
+inline uint16_t to_bf16(float f) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+inline float from_bf16(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// A nonzero weight as the tests generate it: 1 + rand with a random sign, never zero, and
+// already rounded to bf16 when the kernel will read bf16 (so the reference sees what it sees).
+inline float random_weight(std::mt19937& rng, bool bf16) {
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  const float v = (1.f + unit(rng)) * (unit(rng) < 0.5f ? -1.f : 1.f);
+  return bf16 ? from_bf16(to_bf16(v)) : v;
+}
+
+// The weight as the reference reads it: per output row, its (value, column) terms.
+using RowTerms = std::vector<std::vector<std::pair<float, int64_t>>>;
+
+struct DenseCase {
+  int64_t rows, cols, batch;
+  bool bias;
+  int64_t x_pad;  // extra floats per x row: a strided input
+};
+
+inline int failures = 0;
+
+// Runs kernel(DenseArgs) on random x (and bias) with `workspace_floats` of 64-byte-aligned
+// workspace and 2 threads, then checks y against the float64 reference of `terms`. fp32
+// accumulation error grows like sqrt(terms) times the magnitude of the sum, hence the tolerance.
+template <typename Kernel>
+void run_and_check(const DenseCase& c, const RowTerms& terms, int64_t workspace_floats, std::mt19937& rng,
+                   Kernel&& kernel, const char* label) {
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  const int64_t stride = c.cols + c.x_pad;
+  std::vector<float> x(size_t(std::max<int64_t>(c.batch * stride, 1))), bias(size_t(c.rows));
+  for (auto& v : x) v = unit(rng) * 2.f - 1.f;
+  for (auto& v : bias) v = unit(rng);
+  std::vector<float> y(size_t(c.batch * c.rows), NAN);
+  float* workspace = static_cast<float*>(std::aligned_alloc(64, size_t((workspace_floats + 16) * 4)));
+  cpu::DenseArgs a;
+  a.x = x.data();
+  a.batch = c.batch;
+  a.x_row_stride = stride;
+  a.bias = c.bias ? bias.data() : nullptr;
+  a.y = y.data();
+  a.workspace = workspace;
+  a.num_threads = 2;
+  kernel(a);
+  std::free(workspace);
+
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t r = 0; r < c.rows; ++r) {
+      double ref = c.bias ? bias[size_t(r)] : 0.0, mag = std::fabs(ref);
+      for (const auto& [value, col] : terms[size_t(r)]) {
+        const double term = double(value) * x[size_t(b * stride + col)];
+        ref += term;
+        mag += std::fabs(term);
+      }
+      const double tol = 4e-6 * std::sqrt(double(terms[size_t(r)].size()) + 1) * (mag + 1.0);
+      const double got = y[size_t(b * c.rows + r)];
+      if (!(std::fabs(got - ref) <= tol)) {
+        if (failures++ < 10)
+          std::printf("FAIL %s rows=%lld cols=%lld batch=%lld b=%lld r=%lld got=%g ref=%g\n", label,
+                      (long long)c.rows, (long long)c.cols, (long long)c.batch, (long long)b, (long long)r,
+                      got, ref);
+        return;
+      }
+    }
+}
+
+}  // namespace sparsekern::test
