@@ -4,7 +4,7 @@ over dense, the break-even sparsity per shape and batch, and optionally plot the
 import argparse
 import json
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
