@@ -115,7 +115,7 @@ class SparseLinear(nn.Module):
         """The packed (row_ptr, col_idx, values) of a 'csr' layer."""
         if self.format != "csr":
             raise ValueError(f"this layer's format is {self.format!r}, not 'csr'")
-        return CsrTensors(self.row_ptr, self.col_idx, self.values)
+        return self.packed()
 
     def dense_weight(self) -> torch.Tensor:
         """The [out, in] weight with zeros where nothing is stored."""
