@@ -72,6 +72,27 @@ def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def csr_linear_torch(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor, bias: Optional[Tensor],
+                     in_features: int) -> Tensor:
+    """The CSR product through torch.sparse, for dtypes the compiled kernels lack (float64 for
+    gradcheck, float16 values); any device. Computes in float64 if anything is float64, else
+    float32, and returns x.dtype."""
+    dtype = _compute_dtype(x, values, bias)
+    x2 = x.reshape(-1, in_features).to(dtype)
+    y = torch.sparse.mm(_as_torch_csr(row_ptr, col_idx, values, in_features, dtype), x2.t()).t()
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
+
+
+def nm24_linear_torch(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor], in_features: int,
+                      out_features: int) -> Tensor:
+    """The 2:4 product through the unpacked dense weight, for dtypes the kernels lack."""
+    dtype = _compute_dtype(x, values, bias)
+    weight = nm_format.unpack(nm_format.Nm24Tensors(values, meta), (out_features, in_features), dtype)
+    return torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype)).to(x.dtype)
+
+
 def _kernel_activations(x: Tensor, bias: Optional[Tensor], in_features: int):
     """x as the [batch, in] float32 rows the compiled kernels read (unit column stride, each row
     at least a row apart), and bias as contiguous float32."""
@@ -100,14 +121,8 @@ def csr_linear_eager(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor
     check_csr_linear_args(x, row_ptr, col_idx, values, bias, in_features, out_features)
     if x.device.type != "cpu":
         raise ValueError(f"x is on {x.device}: this build of sparsekern has CPU kernels only")
-    lead = x.shape[:-1]
     if x.dtype not in _KERNEL_ACTIVATIONS or values.dtype not in _KERNEL_VALUES:
-        dtype = _compute_dtype(x, values, bias)
-        x2 = x.reshape(-1, in_features).to(dtype)
-        y = torch.sparse.mm(_as_torch_csr(row_ptr, col_idx, values, in_features, dtype), x2.t()).t()
-        if bias is not None:
-            y = y + bias.to(dtype)
-        return y.to(x.dtype).reshape(*lead, out_features)
+        return csr_linear_torch(x, row_ptr, col_idx, values, bias, in_features)
 
     x2, bias = _kernel_activations(x, bias, in_features)
     batch = x2.shape[0]
@@ -231,10 +246,7 @@ def nm24_linear_eager(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Te
     if x.device.type != "cpu":
         raise ValueError(f"x is on {x.device}: this build of sparsekern has CPU kernels only")
     if x.dtype not in _KERNEL_ACTIVATIONS or values.dtype not in _KERNEL_VALUES:
-        dtype = _compute_dtype(x, values, bias)
-        weight = nm_format.unpack(nm_format.Nm24Tensors(values, meta), (out_features, in_features), dtype)
-        y = torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype))
-        return y.to(x.dtype)
+        return nm24_linear_torch(x, values, meta, bias, in_features, out_features)
 
     x2, bias = _kernel_activations(x, bias, in_features)
     batch = x2.shape[0]

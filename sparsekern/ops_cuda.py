@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from . import _backend, ops
-from .formats import nm as nm_format
 
 _C = _backend._C
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -57,12 +56,7 @@ def csr_linear_cuda(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
     """y [..., out] = x [..., in] @ W.T + bias for CSR W, all on one CUDA device."""
     ops.check_csr_linear_args(x, row_ptr, col_idx, values, bias, in_features, out_features)
     if x.dtype not in _DTYPE_NAMES:
-        dtype = ops._compute_dtype(x, values, bias)
-        x2 = x.reshape(-1, in_features).to(dtype)
-        y = torch.sparse.mm(ops._as_torch_csr(row_ptr, col_idx, values, in_features, dtype), x2.t()).t()
-        if bias is not None:
-            y = y + bias.to(dtype)
-        return _output(y.to(x.dtype), x)
+        return ops.csr_linear_torch(x, row_ptr, col_idx, values, bias, in_features)
     x2, values, bias = _kernel_inputs(x, values, bias, in_features)
     row_ptr, col_idx = row_ptr.contiguous(), col_idx.contiguous()
     batch = x2.shape[0]
@@ -79,10 +73,7 @@ def nm24_linear_cuda(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Ten
     """y [..., out] = x [..., in] @ W.T + bias for 2:4 W (values [out, in / 2], meta), on one CUDA device."""
     ops.check_nm24_linear_args(x, values, meta, bias, in_features, out_features)
     if x.dtype not in _DTYPE_NAMES:
-        dtype = ops._compute_dtype(x, values, bias)
-        weight = nm_format.unpack(nm_format.Nm24Tensors(values, meta), (out_features, in_features), dtype)
-        y = torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype))
-        return y.to(x.dtype)
+        return ops.nm24_linear_torch(x, values, meta, bias, in_features, out_features)
     x2, values, bias = _kernel_inputs(x, values, bias, in_features)
     meta = meta.contiguous()
     batch = x2.shape[0]
