@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import sparsekern as sk
-from sparsekern.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates
-from sparsekern.timing import time_interleaved
+from sparsekern.tools.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates
+from sparsekern.tools.timing import time_interleaved
 
 from report import bench_mode, record
 from targets import BF16_TARGETS, LAYER_TARGETS

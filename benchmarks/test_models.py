@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sparsekern as sk
-from sparsekern.timing import time_interleaved
+from sparsekern.tools.timing import time_interleaved
 
 from report import bench_mode, record
 from targets import AUTO_MIN_RATIO, MODEL_TARGETS

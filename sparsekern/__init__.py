@@ -11,7 +11,8 @@ if _backend._C.with_cuda:
     from . import ops_cuda  # noqa: F401  (registers the CUDA kernels of the ops)
 from ._backend import cpu_isa, supported_cpu_isas
 from .io import inspect_file, load, save
-from .nn import SparseLinear, sparsify
+from .sparse_linear import SparseLinear
+from .sparsify import sparsify
 from .onnx_export import export_onnx  # imports onnx only when called
 from .summary import summary
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .nn import SparseLinear
+from .sparse_linear import SparseLinear
 
 _INDEX_BYTES = 8  # ONNX sparse tensors index with int64
 

@@ -1,326 +1,202 @@
-"""Torch custom ops over the compiled kernels (torch.library): schema, fake kernels, autograd.
+"""Torch custom ops over the compiled kernels, built from the format registry: one set per
+packed format (sparsekern.formats.PACKED_FORMATS), each registered once by `_register`.
 
-    sparsekern::csr_linear(x, row_ptr, col_idx, values, bias, in_features, out_features)
-        y[..., out] = x[..., in] @ W.T + bias, W in CSR (sparsekern.formats.csr)
-    sparsekern::csr_linear_grad_input(grad_y, row_ptr, col_idx, values, in_features)
-        grad_x = grad_y @ W
-    sparsekern::csr_sampled_grad(grad_y, x, row_ptr, col_idx, in_features)
-        dL/dvalues: (grad_y.T @ x) at the stored positions, in CSR order
-    sparsekern::nm24_linear(x, values, meta, bias, in_features, out_features)
-        the same for 2:4 W (sparsekern.formats.nm); backward: nm24_linear_grad_input,
-        nm24_sampled_grad
+For a format whose op prefix is P and whose tensors are T... (its layout's fields, in order):
 
-The fast CPU path runs when x is float32/bfloat16/float16 and values are float32 or bfloat16:
-activations are read as float32, products accumulate in float32, and y comes back in
-x.dtype. Other dtypes (float64 for gradcheck, float16 values) take torch.sparse.
-`csr_linear_eager` is the same computation without the dispatcher (about 9 us cheaper per
-call); SparseLinear uses it when nothing traces or records gradients.
+    sparsekern::P_linear(x, T..., bias, in_features, out_features)  y[..., out] = x @ W.T + bias
+    sparsekern::P_linear_grad_input(grad_y, T..., in_features)      grad_x = grad_y @ W
+    sparsekern::P_sampled_grad(grad_y, x, T..., in_features)        dL/dvalues, shaped like values
+
+(csr_linear, nm24_linear and their backward ops.) On CPU tensors, P_linear runs the compiled
+kernels when x is float32 or bfloat16 (float16 is widened to float32 first) and the values are
+float32 or bfloat16: products accumulate in float32 and y comes back in x's dtype. Other dtypes
+(float64 for gradcheck, float16 values) and devices without kernels take the format's torch
+computation (`linear_torch`); sparsekern.ops_cuda registers the CUDA kernels. The backward
+ops are torch computations on any device.
+
+`linear_eager` is P_linear without the dispatcher (about 9 us cheaper per call);
+SparseLinear uses it when nothing traces or records gradients.
 """
-import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from . import _backend
-from .formats import nm as nm_format
+from . import planner
+from .formats import PACKED_FORMATS, PackedFormat
+from .formats.common import KERNEL_VALUE_TYPES, compute_dtype
 
-_KERNEL_ACTIVATIONS = (torch.float32, torch.bfloat16, torch.float16)
-_KERNEL_VALUES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
-_INDEX_NAMES = {torch.uint16: "uint16", torch.int32: "int32"}
+# Activation dtypes the kernels read (their numbers, csrc/kernels/cpu/linear_args.h), and the
+# ones widened to float32 on the way in: together the activation dtypes of the kernel path.
+KERNEL_ACTIVATIONS = {torch.float32: 0, torch.bfloat16: 1}
+_WIDENED_ACTIVATIONS = (torch.float16,)
+ACTIVATION_DTYPES = (*KERNEL_ACTIVATIONS, *_WIDENED_ACTIVATIONS)
 
 
-def check_csr_linear_args(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
-                          bias: Optional[Tensor], in_features: int, out_features: int) -> None:
+def check_linear_args(fmt: PackedFormat, x: Tensor, tensors: Sequence[Tensor], bias: Optional[Tensor],
+                      in_features: int, out_features: int) -> None:
     """The argument checks shared by the real and the fake kernels (shapes, dtypes, devices).
 
     On the eager path of every call: kept to cheap attribute reads.
     """
-    if x.ndim < 1 or x.shape[-1] != in_features:
-        raise ValueError(f"x.shape[-1] = {x.shape[-1] if x.ndim else None}, expected in_features = {in_features}")
+    fmt.check_tensors(tensors, in_features, out_features)
+    if x.ndim < 1:
+        raise ValueError(f"x is a 0-d tensor (a scalar); expected [..., in_features = {in_features}]")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x.shape[-1] = {x.shape[-1]}, expected in_features = {in_features}")
     if not x.is_floating_point():
         raise TypeError(f"x.dtype = {x.dtype}, expected a floating point dtype")
-    if row_ptr.dtype != torch.int64 or row_ptr.ndim != 1 or row_ptr.shape[0] != out_features + 1:
-        raise ValueError(f"row_ptr must be int64 [out_features + 1 = {out_features + 1}], "
-                         f"got {row_ptr.dtype} {tuple(row_ptr.shape)}")
-    if col_idx.dtype not in _INDEX_NAMES or col_idx.ndim != 1:
-        raise TypeError(f"col_idx must be 1-D uint16 or int32, got {col_idx.dtype} {tuple(col_idx.shape)}")
-    if values.ndim != 1 or values.shape[0] != col_idx.shape[0]:
-        raise ValueError(f"values.shape = {tuple(values.shape)}, expected ({col_idx.shape[0]},) like col_idx")
+    values = tensors.values
     if not values.is_floating_point():
         raise TypeError(f"values.dtype = {values.dtype}, expected a floating point dtype")
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != out_features):
         raise ValueError(f"bias.shape = {tuple(bias.shape)}, expected ({out_features},)")
-    if x.is_cpu and row_ptr.is_cpu and col_idx.is_cpu and values.is_cpu and (bias is None or bias.is_cpu):
+    if x.is_cpu and all(t.is_cpu for t in tensors) and (bias is None or bias.is_cpu):
         return
-    for name, t in (("row_ptr", row_ptr), ("col_idx", col_idx), ("values", values), ("bias", bias)):
+    for name, t in (*zip(fmt.layout._fields, tensors), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
-def _as_torch_csr(row_ptr: Tensor, col_idx: Tensor, values: Tensor, in_features: int,
-                  dtype: torch.dtype) -> Tensor:
-    """A torch sparse CSR view of the buffers, for the paths the compiled kernels lack."""
-    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per call
-        warnings.simplefilter("ignore", UserWarning)
-        # Buffers reaching an op were validated when they were made or loaded.
-        return torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values.to(dtype),
-                                       size=(row_ptr.shape[0] - 1, in_features), check_invariants=False)
+def kernel_dtypes(x: Tensor, values: Tensor) -> bool:
+    """Whether the compiled CPU kernels take these activation and value dtypes."""
+    return x.dtype in ACTIVATION_DTYPES and values.dtype in KERNEL_VALUE_TYPES
 
 
-def _compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def csr_linear_torch(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor, bias: Optional[Tensor],
-                     in_features: int) -> Tensor:
-    """The CSR product through torch.sparse, for dtypes the compiled kernels lack (float64 for
-    gradcheck, float16 values); any device. Computes in float64 if anything is float64, else
-    float32, and returns x.dtype."""
-    dtype = _compute_dtype(x, values, bias)
-    x2 = x.reshape(-1, in_features).to(dtype)
-    y = torch.sparse.mm(_as_torch_csr(row_ptr, col_idx, values, in_features, dtype), x2.t()).t()
-    if bias is not None:
-        y = y + bias.to(dtype)
-    return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
-
-
-def nm24_linear_torch(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor], in_features: int,
-                      out_features: int) -> Tensor:
-    """The 2:4 product through the unpacked dense weight, for dtypes the kernels lack."""
-    dtype = _compute_dtype(x, values, bias)
-    weight = nm_format.unpack(nm_format.Nm24Tensors(values, meta), (out_features, in_features), dtype)
-    return torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype)).to(x.dtype)
-
-
-def _kernel_activations(x: Tensor, bias: Optional[Tensor], in_features: int):
-    """x as the [batch, in] float32 rows the compiled kernels read (unit column stride, each row
-    at least a row apart), and bias as contiguous float32."""
-    x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
-    if x2.dtype != torch.float32 or x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < in_features):
-        x2 = x2.to(torch.float32).contiguous()
+def kernel_bias(bias: Optional[Tensor]) -> Optional[Tensor]:
+    """The bias as the kernels read it: contiguous float32."""
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.detach().to(torch.float32).contiguous()
-    return x2, bias
+    return bias
 
 
-def _kernel_output(y: Tensor, x: Tensor) -> Tensor:
-    """The kernels' float32 [batch, out] as x's dtype and leading shape."""
-    if x.dtype != torch.float32:
+def run_kernel(kernel, x: Tensor, bias: Optional[Tensor], in_features: int, out_features: int,
+               isa: Optional[str] = None) -> Tensor:
+    """y = x @ W.T + bias through a compiled kernel object (formats' `kernel`), for CPU x of a
+    kernel dtype and bias already as `kernel_bias` makes it. isa: force a variant by name
+    (tests); default the planner's choice for this batch and dtype."""
+    x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
+    if x2.dtype in _WIDENED_ACTIVATIONS:
+        x2 = x2.to(torch.float32)
+    batch = x2.shape[0]
+    # Rows at a unit column stride, each at least a row apart (a broadcast or transposed x is copied).
+    if x2.stride(-1) != 1 or (batch > 1 and x2.stride(0) < in_features):
+        x2 = x2.contiguous()
+    y = torch.empty((batch, out_features), dtype=x2.dtype)
+    isa_number = planner.kernel_isa(batch, x2.dtype) if isa is None else planner.forced_isa(isa)
+    kernel.run(isa_number, x2.data_ptr(), KERNEL_ACTIVATIONS[x2.dtype], batch,
+               x2.stride(0) if batch > 1 else in_features, bias.data_ptr() if bias is not None else 0,
+               y.data_ptr(), torch.get_num_threads())
+    if y.dtype != x.dtype:
         y = y.to(x.dtype)
-    return y if x.ndim == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+    return y if x.ndim == 2 else y.reshape(*x.shape[:-1], out_features)
 
 
-def csr_linear_eager(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
-                     bias: Optional[Tensor], in_features: int, out_features: int,
-                     isa: Optional[str] = None) -> Tensor:
-    """y = x @ W.T + bias for CSR W, computed now (no dispatcher, no autograd).
+def linear_eager(format: str, x: Tensor, tensors: Sequence[Tensor], bias: Optional[Tensor], in_features: int,
+                 out_features: int, isa: Optional[str] = None) -> Tensor:
+    """y = x @ W.T + bias for W packed in `format`, computed now (no dispatcher, no autograd).
 
-    isa: the CPU kernel variant ('scalar', 'avx2', 'avx512'); default sparsekern.cpu_isa().
+    tensors: the format's packed tensors in layout order. isa: the CPU kernel variant by name
+    (sparsekern.supported_cpu_isas()); default the planner's choice.
     """
-    check_csr_linear_args(x, row_ptr, col_idx, values, bias, in_features, out_features)
-    if x.device.type != "cpu":
-        raise ValueError(f"x is on {x.device}: this build of sparsekern has CPU kernels only")
-    if x.dtype not in _KERNEL_ACTIVATIONS or values.dtype not in _KERNEL_VALUES:
-        return csr_linear_torch(x, row_ptr, col_idx, values, bias, in_features)
-
-    x2, bias = _kernel_activations(x, bias, in_features)
-    batch = x2.shape[0]
-    if not (row_ptr.is_contiguous() and col_idx.is_contiguous() and values.is_contiguous()):
-        row_ptr, col_idx, values = row_ptr.contiguous(), col_idx.contiguous(), values.contiguous()
-    isa = isa or _backend.cpu_isa()
-    y = torch.empty((batch, out_features), dtype=torch.float32)
-    workspace_floats = _backend._C.csr_spmm_workspace_floats(isa, batch, in_features)
-    # torch's CPU allocator aligns to 64 bytes, as the batched kernel's tiles need.
-    workspace = torch.empty(workspace_floats, dtype=torch.float32) if workspace_floats else None
-    _backend._C.csr_spmm_cpu(
-        isa, out_features, in_features, col_idx.shape[0], row_ptr.data_ptr(), col_idx.data_ptr(),
-        _INDEX_NAMES[col_idx.dtype], values.data_ptr(), _KERNEL_VALUES[values.dtype],
-        x2.data_ptr(), batch, x2.stride(0) if batch > 1 else in_features,
-        bias.data_ptr() if bias is not None else 0, y.data_ptr(),
-        workspace.data_ptr() if workspace is not None else 0, workspace_floats, torch.get_num_threads())
-    return _kernel_output(y, x)
+    fmt = PACKED_FORMATS[format]
+    tensors = fmt.layout(*tensors)
+    check_linear_args(fmt, x, tensors, bias, in_features, out_features)
+    if not x.is_cpu or not kernel_dtypes(x, tensors.values):
+        return fmt.linear_torch(x, tensors, bias, in_features, out_features)
+    tensors = fmt.layout(*(t.contiguous() for t in tensors))
+    kernel = fmt.kernel(tensors, in_features, out_features)
+    return run_kernel(kernel, x, kernel_bias(bias), in_features, out_features, isa)
 
 
-@torch.library.custom_op("sparsekern::csr_linear", mutates_args=())
-def csr_linear(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor, bias: Optional[Tensor],
-               in_features: int, out_features: int) -> Tensor:
-    return csr_linear_eager(x, row_ptr, col_idx, values, bias, in_features, out_features)
+# ---- op registration ---------------------------------------------------------------------------
+
+_lib = torch.library.Library("sparsekern", "DEF")
 
 
-@csr_linear.register_fake
-def _(x, row_ptr, col_idx, values, bias, in_features, out_features):
-    check_csr_linear_args(x, row_ptr, col_idx, values, bias, in_features, out_features)
-    return x.new_empty((*x.shape[:-1], out_features))
+def op_names(fmt: PackedFormat):
+    """(linear, grad_input, sampled_grad) op names of a format, without the namespace."""
+    return f"{fmt.op}_linear", f"{fmt.op}_linear_grad_input", f"{fmt.op}_sampled_grad"
 
 
-@torch.library.custom_op("sparsekern::csr_linear_grad_input", mutates_args=())
-def csr_linear_grad_input(grad_y: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
-                          in_features: int) -> Tensor:
-    dtype = _compute_dtype(grad_y, values)
-    g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
-    grad_x = g2 @ _as_torch_csr(row_ptr, col_idx, values, in_features, dtype)
-    return grad_x.to(grad_y.dtype).reshape(*grad_y.shape[:-1], in_features)
+def linear_op(format: str):
+    """The torch op sparsekern::<op>_linear of a format (an OpOverloadPacket)."""
+    return getattr(torch.ops.sparsekern, op_names(PACKED_FORMATS[format])[0])
 
 
-@csr_linear_grad_input.register_fake
-def _(grad_y, row_ptr, col_idx, values, in_features):
-    return grad_y.new_empty((*grad_y.shape[:-1], in_features))
+def _register(fmt: PackedFormat) -> None:
+    fields = fmt.layout._fields
+    n = len(fields)
+    values_at = fields.index("values")
+    linear, grad_input, sampled_grad = op_names(fmt)
+    tensor_args = ", ".join(f"Tensor {name}" for name in fields)
+    _lib.define(f"{linear}(Tensor x, {tensor_args}, Tensor? bias, int in_features, int out_features) -> Tensor")
+    _lib.define(f"{grad_input}(Tensor grad_y, {tensor_args}, int in_features) -> Tensor")
+    _lib.define(f"{sampled_grad}(Tensor grad_y, Tensor x, {tensor_args}, int in_features) -> Tensor")
+
+    def split(rest):  # (T..., bias, in_features, out_features) -> (tensors, bias, in, out)
+        return (fmt.layout(*rest[:n]), *rest[n:])
+
+    def linear_cpu(x, *rest):
+        tensors, bias, in_features, out_features = split(rest)
+        return linear_eager(fmt.name, x, tensors, bias, in_features, out_features)
+
+    def linear_any(x, *rest):
+        tensors, bias, in_features, out_features = split(rest)
+        check_linear_args(fmt, x, tensors, bias, in_features, out_features)
+        return fmt.linear_torch(x, tensors, bias, in_features, out_features)
+
+    def linear_fake(x, *rest):
+        tensors, bias, in_features, out_features = split(rest)
+        check_linear_args(fmt, x, tensors, bias, in_features, out_features)
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    _lib.impl(linear, linear_cpu, "CPU")
+    _lib.impl(linear, linear_any, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"sparsekern::{linear}", linear_fake, lib=_lib)
+
+    _lib.impl(grad_input, lambda grad_y, *rest: fmt.grad_input(grad_y, fmt.layout(*rest[:n]), rest[n]),
+              "CompositeExplicitAutograd")
+    torch.library.register_fake(f"sparsekern::{grad_input}",
+                                lambda grad_y, *rest: grad_y.new_empty((*grad_y.shape[:-1], rest[n])), lib=_lib)
+    _lib.impl(sampled_grad, lambda grad_y, x, *rest: fmt.sampled_grad(grad_y, x, fmt.layout(*rest[:n]), rest[n]),
+              "CompositeExplicitAutograd")
+    torch.library.register_fake(
+        f"sparsekern::{sampled_grad}",
+        lambda grad_y, x, *rest: rest[values_at].new_empty(rest[values_at].shape, dtype=compute_dtype(grad_y, x)),
+        lib=_lib)
+
+    grad_input_op = getattr(torch.ops.sparsekern, grad_input)
+    sampled_grad_op = getattr(torch.ops.sparsekern, sampled_grad)
+
+    def setup_context(ctx, inputs, output):
+        x, tensors, bias, in_features = inputs[0], inputs[1:1 + n], inputs[1 + n], inputs[2 + n]
+        ctx.save_for_backward(x, *tensors)
+        ctx.in_features = in_features
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+
+    def backward(ctx, grad_y):
+        x, *tensors = ctx.saved_tensors
+        grads = [None] * (n + 4)
+        if ctx.needs_input_grad[0]:
+            grads[0] = grad_input_op(grad_y, *tensors, ctx.in_features).to(x.dtype)
+        if ctx.needs_input_grad[1 + values_at]:
+            grads[1 + values_at] = sampled_grad_op(grad_y, x, *tensors, ctx.in_features).to(tensors[values_at].dtype)
+        if ctx.needs_input_grad[1 + n]:
+            grads[1 + n] = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(ctx.bias_dtype)
+        return tuple(grads)
+
+    torch.library.register_autograd(f"sparsekern::{linear}", backward, setup_context=setup_context, lib=_lib)
+    for name in (grad_input, sampled_grad):  # first derivatives only, said at the autograd key
+        torch.library.register_autograd(f"sparsekern::{name}", _no_double_backward(name), lib=_lib)
 
 
-@torch.library.custom_op("sparsekern::csr_sampled_grad", mutates_args=())
-def csr_sampled_grad(grad_y: Tensor, x: Tensor, row_ptr: Tensor, col_idx: Tensor,
-                     in_features: int) -> Tensor:
-    dtype = _compute_dtype(grad_y, x)
-    g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
-    x2 = x.reshape(-1, in_features).to(dtype)
-    pattern = _as_torch_csr(row_ptr, col_idx, torch.zeros(col_idx.shape[0], dtype=dtype, device=col_idx.device),
-                            in_features, dtype)
-    sampled = torch.sparse.sampled_addmm(pattern, g2.t().contiguous(), x2.contiguous(), beta=0.0)
-    return sampled.values().clone()
+def _no_double_backward(name: str):
+    def backward(ctx, *grads):
+        raise NotImplementedError(f"sparsekern::{name} has no derivative: sparsekern ops support first "
+                                  "derivatives only (no double backward)")
+    return backward
 
 
-@csr_sampled_grad.register_fake
-def _(grad_y, x, row_ptr, col_idx, in_features):
-    dtype = _compute_dtype(grad_y, x)
-    return grad_y.new_empty((col_idx.shape[0],), dtype=dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    x, row_ptr, col_idx, values, bias, in_features, _ = inputs
-    ctx.save_for_backward(x, row_ptr, col_idx, values)
-    ctx.in_features = in_features
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
-def _backward(ctx, grad_y):
-    x, row_ptr, col_idx, values = ctx.saved_tensors
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = csr_linear_grad_input(grad_y, row_ptr, col_idx, values, ctx.in_features).to(x.dtype)
-    if ctx.needs_input_grad[3]:
-        grad_values = csr_sampled_grad(grad_y, x, row_ptr, col_idx, ctx.in_features).to(values.dtype)
-    if ctx.needs_input_grad[4]:
-        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(ctx.bias_dtype)
-    return grad_x, None, None, grad_values, grad_bias, None, None
-
-
-csr_linear.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ---- 2:4 -------------------------------------------------------------------------------------
-
-def check_nm24_linear_args(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor],
-                           in_features: int, out_features: int) -> None:
-    """The argument checks shared by the real and the fake 2:4 kernels (shapes, dtypes, devices)."""
-    if in_features % 4 != 0:
-        raise ValueError(f"2:4 needs in_features % 4 == 0, got in_features = {in_features}")
-    if x.ndim < 1 or x.shape[-1] != in_features:
-        raise ValueError(f"x.shape[-1] = {x.shape[-1] if x.ndim else None}, expected in_features = {in_features}")
-    if not x.is_floating_point():
-        raise TypeError(f"x.dtype = {x.dtype}, expected a floating point dtype")
-    if values.ndim != 2 or tuple(values.shape) != (out_features, in_features // 2):
-        raise ValueError(f"values.shape = {tuple(values.shape)}, expected {(out_features, in_features // 2)}")
-    if not values.is_floating_point():
-        raise TypeError(f"values.dtype = {values.dtype}, expected a floating point dtype")
-    meta_shape = (out_features, nm_format.meta_columns(in_features))
-    if meta.dtype != torch.uint8 or tuple(meta.shape) != meta_shape:
-        raise ValueError(f"meta must be uint8 {meta_shape}, got {meta.dtype} {tuple(meta.shape)}")
-    if bias is not None and (bias.ndim != 1 or bias.shape[0] != out_features):
-        raise ValueError(f"bias.shape = {tuple(bias.shape)}, expected ({out_features},)")
-    if x.is_cpu and values.is_cpu and meta.is_cpu and (bias is None or bias.is_cpu):
-        return
-    for name, t in (("values", values), ("meta", meta), ("bias", bias)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-
-
-def nm24_linear_eager(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor],
-                      in_features: int, out_features: int, isa: Optional[str] = None) -> Tensor:
-    """y = x @ W.T + bias for 2:4 W, computed now (no dispatcher, no autograd).
-
-    x [..., in], values [out, in / 2], meta [out, ceil(in / 8)] uint8 (sparsekern.formats.nm).
-    isa: the CPU kernel variant ('scalar', 'avx2', 'avx512'); default sparsekern.cpu_isa().
-    """
-    check_nm24_linear_args(x, values, meta, bias, in_features, out_features)
-    if x.device.type != "cpu":
-        raise ValueError(f"x is on {x.device}: this build of sparsekern has CPU kernels only")
-    if x.dtype not in _KERNEL_ACTIVATIONS or values.dtype not in _KERNEL_VALUES:
-        return nm24_linear_torch(x, values, meta, bias, in_features, out_features)
-
-    x2, bias = _kernel_activations(x, bias, in_features)
-    batch = x2.shape[0]
-    values, meta = values.contiguous(), meta.contiguous()
-    isa = isa or _backend.cpu_isa()
-    threads = torch.get_num_threads()
-    y = torch.empty((batch, out_features), dtype=torch.float32)
-    workspace_floats = _backend._C.nm24_linear_workspace_floats(isa, batch, threads)
-    # torch's CPU allocator aligns to 64 bytes, as the kernel asks.
-    workspace = torch.empty(workspace_floats, dtype=torch.float32) if workspace_floats else None
-    _backend._C.nm24_linear_cpu(
-        isa, out_features, in_features, values.data_ptr(), _KERNEL_VALUES[values.dtype], meta.data_ptr(),
-        x2.data_ptr(), batch, x2.stride(0) if batch > 1 else in_features,
-        bias.data_ptr() if bias is not None else 0, y.data_ptr(),
-        workspace.data_ptr() if workspace is not None else 0, workspace_floats, threads)
-    return _kernel_output(y, x)
-
-
-@torch.library.custom_op("sparsekern::nm24_linear", mutates_args=())
-def nm24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor],
-                in_features: int, out_features: int) -> Tensor:
-    return nm24_linear_eager(x, values, meta, bias, in_features, out_features)
-
-
-@nm24_linear.register_fake
-def _(x, values, meta, bias, in_features, out_features):
-    check_nm24_linear_args(x, values, meta, bias, in_features, out_features)
-    return x.new_empty((*x.shape[:-1], out_features))
-
-
-@torch.library.custom_op("sparsekern::nm24_linear_grad_input", mutates_args=())
-def nm24_linear_grad_input(grad_y: Tensor, values: Tensor, meta: Tensor, in_features: int) -> Tensor:
-    dtype = _compute_dtype(grad_y, values)
-    weight = nm_format.unpack(nm_format.Nm24Tensors(values, meta), (values.shape[0], in_features), dtype)
-    return (grad_y.to(dtype) @ weight).to(grad_y.dtype)
-
-
-@nm24_linear_grad_input.register_fake
-def _(grad_y, values, meta, in_features):
-    return grad_y.new_empty((*grad_y.shape[:-1], in_features))
-
-
-@torch.library.custom_op("sparsekern::nm24_sampled_grad", mutates_args=())
-def nm24_sampled_grad(grad_y: Tensor, x: Tensor, meta: Tensor, in_features: int) -> Tensor:
-    """dL/dvalues [out, in / 2]: (grad_y.T @ x) at the stored positions."""
-    dtype = _compute_dtype(grad_y, x)
-    g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
-    x2 = x.reshape(-1, in_features).to(dtype)
-    return (g2.t() @ x2).gather(1, nm_format.positions_of(meta, in_features))
-
-
-@nm24_sampled_grad.register_fake
-def _(grad_y, x, meta, in_features):
-    dtype = _compute_dtype(grad_y, x)
-    return grad_y.new_empty((meta.shape[0], in_features // 2), dtype=dtype)
-
-
-def _nm24_setup_context(ctx, inputs, output):
-    x, values, meta, bias, in_features, _ = inputs
-    ctx.save_for_backward(x, values, meta)
-    ctx.in_features = in_features
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
-def _nm24_backward(ctx, grad_y):
-    x, values, meta = ctx.saved_tensors
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = nm24_linear_grad_input(grad_y, values, meta, ctx.in_features).to(x.dtype)
-    if ctx.needs_input_grad[1]:
-        grad_values = nm24_sampled_grad(grad_y, x, meta, ctx.in_features).to(values.dtype)
-    if ctx.needs_input_grad[3]:
-        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(ctx.bias_dtype)
-    return grad_x, grad_values, None, grad_bias, None, None
-
-
-nm24_linear.register_autograd(_nm24_backward, setup_context=_nm24_setup_context)
+for _fmt in PACKED_FORMATS.values():
+    _register(_fmt)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, ops
+from .formats import PACKED_FORMATS, csr, nm
 
 _C = _backend._C
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -54,15 +55,16 @@ def _output(y: Tensor, x: Tensor) -> Tensor:
 def csr_linear_cuda(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor, bias: Optional[Tensor],
                     in_features: int, out_features: int) -> Tensor:
     """y [..., out] = x [..., in] @ W.T + bias for CSR W, all on one CUDA device."""
-    ops.check_csr_linear_args(x, row_ptr, col_idx, values, bias, in_features, out_features)
+    tensors = csr.CsrTensors(row_ptr, col_idx, values)
+    ops.check_linear_args(PACKED_FORMATS["csr"], x, tensors, bias, in_features, out_features)
     if x.dtype not in _DTYPE_NAMES:
-        return ops.csr_linear_torch(x, row_ptr, col_idx, values, bias, in_features)
+        return csr.linear_torch(x, tensors, bias, in_features, out_features)
     x2, values, bias = _kernel_inputs(x, values, bias, in_features)
     row_ptr, col_idx = row_ptr.contiguous(), col_idx.contiguous()
     batch = x2.shape[0]
     y = torch.empty((batch, out_features), dtype=x.dtype, device=x.device)
     _launch(x, _C.csr_spmm_cuda, out_features, in_features, col_idx.shape[0], row_ptr.data_ptr(),
-            col_idx.data_ptr(), ops._INDEX_NAMES[col_idx.dtype], values.data_ptr(), _DTYPE_NAMES[values.dtype],
+            col_idx.data_ptr(), str(col_idx.dtype).replace('torch.', ''), values.data_ptr(), _DTYPE_NAMES[values.dtype],
             x2.data_ptr(), _DTYPE_NAMES[x.dtype], batch, x2.stride(0) if batch > 1 else in_features,
             bias.data_ptr() if bias is not None else 0, y.data_ptr())
     return _output(y, x)
@@ -71,9 +73,10 @@ def csr_linear_cuda(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
 def nm24_linear_cuda(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor],
                      in_features: int, out_features: int) -> Tensor:
     """y [..., out] = x [..., in] @ W.T + bias for 2:4 W (values [out, in / 2], meta), on one CUDA device."""
-    ops.check_nm24_linear_args(x, values, meta, bias, in_features, out_features)
+    tensors = nm.Nm24Tensors(values, meta)
+    ops.check_linear_args(PACKED_FORMATS["2:4"], x, tensors, bias, in_features, out_features)
     if x.dtype not in _DTYPE_NAMES:
-        return ops.nm24_linear_torch(x, values, meta, bias, in_features, out_features)
+        return nm.linear_torch(x, tensors, bias, in_features, out_features)
     x2, values, bias = _kernel_inputs(x, values, bias, in_features)
     meta = meta.contiguous()
     batch = x2.shape[0]

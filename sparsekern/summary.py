@@ -3,7 +3,7 @@ from typing import List, NamedTuple
 
 from torch import nn
 
-from .nn import SparseLinear
+from .sparse_linear import SparseLinear
 
 
 class LayerRow(NamedTuple):

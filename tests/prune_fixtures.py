@@ -5,7 +5,7 @@ import functools
 
 import torch
 
-from sparsekern.demo import accuracy, load_digits_split, make_mlp, train
+from sparsekern.tools.training import accuracy, load_digits_split, make_mlp, train
 
 SEED = 0
 HIDDEN = 512

@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 import sparsekern
 
@@ -32,18 +33,36 @@ def test_env_forces_an_isa(isa, tmp_path):
 def test_env_rejects_unknown_names(tmp_path):
     result = isa_in_subprocess("sse9", tmp_path)
     assert result.returncode != 0
-    assert "SPARSEKERN_CPU_ISA='sse9': expected one of scalar, avx2, avx512" in result.stderr
+    assert f"SPARSEKERN_CPU_ISA='sse9': expected one of {', '.join(sparsekern._backend.CPU_ISAS)}" in result.stderr
 
 
 def test_compiled_module_checks_its_arguments():
     c = sparsekern._backend._C
     with pytest.raises(ValueError, match="unknown CPU ISA 'neon'"):
-        c.csr_spmm_workspace_floats("neon", 4, 4)
+        c.cpu_supports("neon")
     with pytest.raises(ValueError, match="negative size"):
-        c.csr_spmm_cpu("scalar", -1, 4, 0, 0, 0, "uint16", 0, "float32", 0, 1, 4, 0, 0, 0, 0, 1)
+        c.csr_linear(-1, 4, 0, 0, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="uint16 column indices need cols <= 65536, got cols = 70000"):
-        c.csr_spmm_cpu("scalar", 1, 70000, 0, 0, 0, "uint16", 0, "float32", 0, 0, 70000, 0, 0, 0, 0, 1)
+        c.csr_linear(1, 70000, 0, 1, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="row_ptr is null"):
-        c.csr_spmm_cpu("scalar", 1, 4, 0, 0, 0, "uint16", 0, "float32", 0, 0, 4, 0, 0, 0, 0, 1)
+        c.csr_linear(1, 4, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="index type = 2, expected 0 .. 1"):
+        c.csr_linear(1, 4, 0, 1, 0, 2, 0, 0)
+    row_ptr = torch.zeros(2, dtype=torch.int64)
+    kernel = c.csr_linear(1, 4, 0, row_ptr.data_ptr(), 0, 0, 0, 0)
     with pytest.raises(ValueError, match="y is null"):
-        c.csr_spmm_cpu("scalar", 1, 4, 0, 0, 0, "uint16", 0, "float32", 0, 1, 4, 0, 0, 0, 0, 1)
+        kernel.run(0, 1, 0, 1, 4, 0, 0, 1)
+    with pytest.raises(ValueError, match="ISA index 99 is out of range"):
+        kernel.run(99, 1, 0, 1, 4, 0, 0, 1)
+    with pytest.raises(ValueError, match="activation type = 5"):
+        kernel.run(0, 1, 5, 1, 4, 0, 1, 1)
+    with pytest.raises(ValueError, match="x row stride = 3 is less than cols = 4"):
+        kernel.run(0, 1, 0, 2, 3, 0, 1, 1)
+    with pytest.raises(ValueError, match="2:4 needs cols % 4 == 0"):
+        c.nm24_linear(1, 6, 0, 0, 0)
+
+
+def test_isa_table_reaches_python():
+    assert sparsekern._backend.CPU_ISAS == tuple(sparsekern._backend._C.cpu_isas())
+    assert sparsekern._backend.CPU_ISAS[0] == "scalar"
+    assert set(sparsekern._backend.cpu_features()) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from sparsekern import bench_cli, cli
+from sparsekern.tools import bench_cli, cli
 
 
 def test_help_lists_the_commands(capsys):

@@ -59,8 +59,6 @@ def trained_net(density=0.3, formats=("csr", "csr", "csr"), value_dtype=None):
     return net
 
 
-HAS_2_4 = "2:4" in sk.nn.FORMATS
-NO_2_4 = "the 2:4 format (sparsekern/formats/nm.py) has not landed"
 
 
 def two_of_four(weight):
@@ -98,8 +96,8 @@ def join_file(header: dict, body: bytes) -> bytes:
     (("csr", "csr", "csr"), None),
     (("csr", "dense", "csr"), None),
     (("csr", "csr", "dense"), torch.bfloat16),
-    pytest.param(("csr", "dense", "2:4"), None, marks=pytest.mark.skipif(not HAS_2_4, reason=NO_2_4)),
-    pytest.param(("2:4", "csr", "2:4"), torch.bfloat16, marks=pytest.mark.skipif(not HAS_2_4, reason=NO_2_4)),
+    (("csr", "dense", "2:4"), None),
+    (("2:4", "csr", "2:4"), torch.bfloat16),
 ])
 def test_round_trip_into_model_built_from_code(tmp_path, formats, value_dtype):
     model = trained_net(formats=formats, value_dtype=value_dtype)
@@ -256,7 +254,6 @@ def test_file_size_follows_nonzeros(tmp_path, value_dtype, limit):
     assert ratio >= limit - 0.1  # 6 (fp32) or 4 (bf16) bytes per nonzero: not suspiciously small
 
 
-@pytest.mark.skipif(not HAS_2_4, reason=NO_2_4)
 def test_file_size_2_4(tmp_path):
     dense = big_mlp()
     dense_bytes = dense_state_dict_bytes(dense)
@@ -308,7 +305,7 @@ def test_pickle_file_is_refused(tmp_path):
 # ---- files that lie ------------------------------------------------------------------------
 
 # The fuzzed file: CSR layers, and a 2:4 one once that format exists.
-VALID = saved_bytes(trained_net(formats=("csr", "csr", "2:4" if HAS_2_4 else "csr")))
+VALID = saved_bytes(trained_net(formats=("csr", "csr", "2:4")))
 HEADER_END = 8 + struct.unpack("<Q", VALID[:8])[0]
 
 
@@ -466,10 +463,9 @@ def test_fuzz_bad_indices_in_valid_container(name, position, value):
     result = load_bytes(retensored(edit))
     if isinstance(result, nn.Module):  # only an in-range, still-sorted change may load
         layer = result.get_submodule(name.rpartition(".")[0])
-        sk.formats.csr.validate(layer.csr(), (layer.out_features, layer.in_features))
+        sk.formats.csr.validate(layer.packed(), (layer.out_features, layer.in_features))
 
 
-@pytest.mark.skipif(not HAS_2_4, reason=NO_2_4)
 @FUZZ
 @given(st.integers(0, 10**6), st.integers(0, 255))
 def test_fuzz_2_4_positions_in_valid_container(position, value):
@@ -508,7 +504,7 @@ def test_inspect_cli(tmp_path):
     run = run_python(["-m", "sparsekern", "inspect", str(path)], tmp_path)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert "format version 1, 3 sparse layers" in lines[0]
+    assert "format version 1, 3 SparseLinear layers (2 packed, 1 dense)" in lines[0]
     rows = {line.split()[0]: line.split() for line in lines[3:]}
     assert rows["fc1"][1:5] == ["csr", "24", "x", "40"]
     assert rows["fc1"][6] == f"{model.fc1.sparsity:.1%}"

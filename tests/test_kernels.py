@@ -15,7 +15,7 @@ DENSITIES = [0.0, 0.03, 0.5, 1.0]
 def run(isa, x, weight, mask, bias, value_dtype=torch.float32):
     packed = csr.pack(weight, mask, value_dtype)
     out_features, in_features = weight.shape
-    y = ops.csr_linear_eager(x, *packed, bias, in_features, out_features, isa=isa)
+    y = ops.linear_eager("csr", x, packed, bias, in_features, out_features, isa=isa)
     return y, csr.unpack(packed, weight.shape, torch.float64)
 
 

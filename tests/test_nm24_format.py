@@ -89,5 +89,5 @@ def test_validate_names_the_problem(change, message):
 
 
 def test_skeleton_is_valid():
-    nm.validate(nm.skeleton((5, 12), torch.float32), (5, 12))
-    assert nm.unpack(nm.skeleton((5, 12), torch.float32), (5, 12)).abs().sum() == 0
+    nm.validate(nm.skeleton((5, 12), 0, torch.float32), (5, 12))
+    assert nm.unpack(nm.skeleton((5, 12), 0, torch.float32), (5, 12)).abs().sum() == 0

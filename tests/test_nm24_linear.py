@@ -30,7 +30,7 @@ def test_every_isa_matches_reference(isa, out_features, in_features, batch, valu
     packed, weight = case_24(out_features, in_features, seed=batch, value_dtype=value_dtype)
     x = torch.randn(batch, in_features)
     bias = torch.randn(out_features) if batch % 2 else None
-    y = ops.nm24_linear_eager(x, *packed, bias, in_features, out_features, isa=isa)
+    y = ops.linear_eager("2:4", x, packed, bias, in_features, out_features, isa=isa)
     assert y.dtype == torch.float32
     assert_matches_reference(y, x, weight, bias)
 
@@ -40,17 +40,17 @@ def test_3d_and_strided_inputs(isa, batch):
     packed, weight = case_24(10, 48, seed=2)
     bias = torch.randn(10)
     x3 = torch.randn(2, batch, 48)
-    y = ops.nm24_linear_eager(x3, *packed, bias, 48, 10, isa=isa)
+    y = ops.linear_eager("2:4", x3, packed, bias, 48, 10, isa=isa)
     assert y.shape == (2, batch, 10)
     assert_matches_reference(y, x3, weight, bias)
     wide = torch.randn(batch, 96)
     for x in (wide[:, ::2], wide[:, 8:56], torch.randn(48, batch).t()):
-        assert_matches_reference(ops.nm24_linear_eager(x, *packed, bias, 48, 10, isa=isa), x, weight, bias)
+        assert_matches_reference(ops.linear_eager("2:4", x, packed, bias, 48, 10, isa=isa), x, weight, bias)
 
 
 def test_identity_input_reproduces_weight(isa):
     packed, weight = case_24(13, 40, seed=5)
-    y = ops.nm24_linear_eager(torch.eye(40), *packed, None, 40, 13, isa=isa)
+    y = ops.linear_eager("2:4", torch.eye(40), packed, None, 40, 13, isa=isa)
     assert torch.equal(y, weight.t())
 
 
@@ -58,10 +58,10 @@ def test_bf16_activations_and_float64_fallback():
     packed, weight = case_24(9, 24, seed=6)
     x = torch.randn(5, 24)
     bias = torch.randn(9)
-    y16 = ops.nm24_linear_eager(x.bfloat16(), *packed, bias, 24, 9)
+    y16 = ops.linear_eager("2:4", x.bfloat16(), packed, bias, 24, 9)
     assert y16.dtype == torch.bfloat16
     assert_matches_reference(y16, x.bfloat16(), weight, bias)
-    y64 = ops.nm24_linear_eager(x.double(), packed.values.double(), packed.meta, bias.double(), 24, 9)
+    y64 = ops.linear_eager("2:4", x.double(), (packed.values.double(), packed.meta), bias.double(), 24, 9)
     assert y64.dtype == torch.float64
     assert_matches_reference(y64, x.double(), weight, bias)
 
@@ -79,7 +79,8 @@ def test_bad_arguments_raise_in_eager_and_fake_kernels(args, message):
                 in_features=24, out_features=9)
     call.update(args)
     with pytest.raises(ValueError, match=message):
-        ops.nm24_linear_eager(**call)
+        ops.linear_eager("2:4", call["x"], (call["values"], call["meta"]), call["bias"], call["in_features"],
+                         call["out_features"])
     with pytest.raises(ValueError, match=message), torch._subclasses.FakeTensorMode() as mode:
         fake = {k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in call.items()}
         torch.ops.sparsekern.nm24_linear(**fake)
@@ -96,7 +97,8 @@ def test_opcheck(value_dtype, x_shape):
     grad_y = torch.randn(*x_shape[:-1], 6)
     torch.library.opcheck(torch.ops.sparsekern.nm24_linear_grad_input.default,
                           (grad_y, packed.values, packed.meta, 12))
-    torch.library.opcheck(torch.ops.sparsekern.nm24_sampled_grad.default, (grad_y, x.detach(), packed.meta, 12))
+    torch.library.opcheck(torch.ops.sparsekern.nm24_sampled_grad.default,
+                          (grad_y, x.detach(), packed.values, packed.meta, 12))
 
 
 def test_gradcheck_float64():

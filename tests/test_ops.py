@@ -32,7 +32,7 @@ def test_opcheck_backward_ops():
     torch.library.opcheck(torch.ops.sparsekern.csr_linear_grad_input.default,
                           (grad_y, packed.row_ptr, packed.col_idx, packed.values, 9))
     torch.library.opcheck(torch.ops.sparsekern.csr_sampled_grad.default,
-                          (grad_y, x, packed.row_ptr, packed.col_idx, 9))
+                          (grad_y, x, packed.row_ptr, packed.col_idx, packed.values, 9))
 
 
 def test_gradcheck_float64():

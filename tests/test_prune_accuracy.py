@@ -4,7 +4,7 @@ import pytest
 
 from prune_fixtures import dense_accuracy, dense_model, digits, evaluate, fine_tune
 from sparsekern import prune
-from sparsekern.demo import accuracy, batches, cross_entropy_loss, train
+from sparsekern.tools.training import accuracy, batches, cross_entropy_loss, train
 
 
 def report(name, value, sparsity):

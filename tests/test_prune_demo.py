@@ -1,9 +1,9 @@
-"""`sparsekern demo` (sparsekern.demo.main), run small."""
+"""`sparsekern demo` (sparsekern.tools.demo.main), run small."""
 import re
 
 import pytest
 
-from sparsekern import demo
+from sparsekern.tools import demo
 
 
 @pytest.mark.parametrize("argv", [

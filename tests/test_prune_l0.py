@@ -7,7 +7,7 @@ from torch import nn
 
 from prune_fixtures import dense_accuracy, dense_model, digits, evaluate
 from sparsekern import prune
-from sparsekern.demo import train
+from sparsekern.tools.training import train
 
 
 def mlp():

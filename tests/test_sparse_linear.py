@@ -1,4 +1,4 @@
-"""SparseLinear, sparsify and summary: the public API contract of DESIGN.md."""
+"""SparseLinear, sparsify and summary: the public API contract (docs/design.md)."""
 import copy
 
 import pytest
@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import sparsekern as sk
+import sparsekern.tools.timing  # noqa: F401  (sk.tools.timing, replaced by fake timers)
 from sparsekern.formats import csr
 
 from conftest import assert_matches_reference, random_sparse_weight
@@ -56,7 +57,7 @@ def test_mask_sources_torch_prune_explicit_and_zeros():
     linear = pruned_linear(density=1.0)
     torch_prune.random_unstructured(linear, "weight", amount=0.6)
     layer = sk.SparseLinear.from_dense(linear)
-    assert torch.equal(csr.mask_of(layer.csr(), (16, 24)), linear.weight_mask.bool())
+    assert torch.equal(csr.mask_of(layer.packed(), (16, 24)), linear.weight_mask.bool())
     x = torch.randn(3, 24)
     assert_matches_reference(layer(x), x, linear.weight, linear.bias)
 
@@ -126,7 +127,7 @@ def test_corrupted_state_dict_is_refused():
 
 def test_training_updates_values_and_keeps_the_pattern():
     layer = sk.SparseLinear.from_dense(pruned_linear())
-    pattern = csr.mask_of(layer.csr(), (16, 24)).clone()
+    pattern = csr.mask_of(layer.packed(), (16, 24)).clone()
     before = layer.values.detach().clone()
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     x, target = torch.randn(8, 24), torch.randn(8, 16)
@@ -134,7 +135,7 @@ def test_training_updates_values_and_keeps_the_pattern():
     loss.backward()
     opt.step()
     assert not torch.equal(layer.values.detach(), before)
-    assert torch.equal(csr.mask_of(layer.csr(), (16, 24)), pattern)
+    assert torch.equal(csr.mask_of(layer.packed(), (16, 24)), pattern)
     assert nn.functional.mse_loss(layer(x), target) < loss
 
 
@@ -159,13 +160,21 @@ def test_sparsify_replaces_every_linear(fmt):
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_sparsify_auto_keeps_dense_layers_dense_and_says_why():
+def fake_rounds(ratio):
+    """A stand-in for timing.time_rounds: dense takes `ratio` times as long as any candidate."""
+    def time_rounds(candidates, rounds=7, round_seconds=0.005):
+        return {name: [1e-5 * (ratio if name == "dense" else 1.0)] * rounds for name in candidates}
+    return time_rounds
+
+
+def test_sparsify_auto_keeps_dense_layers_dense_and_says_why(monkeypatch):
+    monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(4.0))
     model = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512))
     with torch.no_grad():
         model[1].weight[torch.rand(512, 512) < 0.99] = 0
     sk.sparsify(model, format="auto", progress=False)
     assert model[0].format == "dense" and "sparsity 0%" in model[0].choice_note
-    assert model[1].format == "csr" and "csr measured" in model[1].choice_note
+    assert model[1].format == "csr" and "csr measured 4.00x at batch 1, 4.00x at batch 64" in model[1].choice_note
     table = str(sk.summary(model))
     assert "csr measured" in table and "sparsity 0%" in table
 

@@ -1,6 +1,6 @@
 // C++ kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1/odd, empty rows, odd and prime sizes, uint16 and int32 indices,
-// fp32 and bf16 values, strided x, no bias). Exit code 0 when all pass.
+// fp32 and bf16 values, fp32 and bf16 activations, strided x, no bias). Exit code 0 when all pass.
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -22,6 +22,7 @@ struct Case {
   ValueType value_type;
   bool bias;
   int64_t x_pad;
+  ActType act = ActType::f32;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -52,11 +53,11 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.col_idx = c.index_type == IndexType::u16 ? (const void*)cols16.data() : (const void*)cols32.data();
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
-  const std::string label = "csr isa=" + std::to_string(int(isa)) + " idx=" + std::to_string(int(c.index_type)) +
+  const std::string label = std::string("csr isa=") + isa_name(isa) + " idx=" + std::to_string(int(c.index_type)) +
                             " val=" + std::to_string(int(c.value_type));
-  run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad}, terms,
-                csr_spmm_workspace_floats(isa, c.batch, c.cols), rng,
-                [&](const DenseArgs& a) { csr_spmm_f32(isa, w, a); }, label.c_str());
+  run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
+                workspace_floats(isa, w, c.batch, c.act, 2), rng,
+                [&](const DenseArgs& a) { linear(isa, w, a); }, label.c_str());
 }
 
 }  // namespace
@@ -67,11 +68,8 @@ int main() {
   const int64_t shapes[][2] = {{1, 1}, {5, 3}, {13, 97}, {64, 64}, {31, 257}, {4, 70000}};
   const double densities[] = {0.0, 0.05, 0.5, 1.0};
   int cases = 0;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-    if (!cpu_supports(isa)) {
-      std::printf("skip ISA %d: not supported by this CPU\n", int(isa));
-      continue;
-    }
+  const std::vector<Isa> isas = runnable_isas();
+  for (Isa isa : isas) {
     for (const auto& s : shapes)
       for (int64_t batch : batches)
         for (double density : densities)
@@ -80,15 +78,16 @@ int main() {
               if (it == IndexType::u16 && s[1] > 65536) continue;
               if (s[1] > 65536 && (batch > 17 || density > 0.05)) continue;  // keep it quick
               const bool bias = (cases % 3) != 0;
-              run_case({s[0], s[1], batch, density, it, vt, bias, cases % 2 ? 0 : 5}, isa, rng);
+              const ActType act = cases % 4 == 1 ? ActType::bf16 : ActType::f32;
+              run_case({s[0], s[1], batch, density, it, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
               ++cases;
             }
   }
   // Block remainders of the vectorized paths: rows 1..17 and around the output row blocks
   // (32 and 64 rows), batches around the tiles (16 and 32 lanes), and row lengths around the
   // 8- and 16-lane pieces of the batch-1 dot product (dense rows of 7..33 columns).
-  for (Isa isa : {Isa::avx2, Isa::avx512}) {
-    if (!cpu_supports(isa)) continue;
+  for (Isa isa : isas) {
+    if (isa == Isa::scalar) continue;
     for (int64_t rows = 1; rows <= 130; rows += rows < 17 ? 1 : 16)
       for (int64_t cols : {7, 8, 9, 16, 17, 24, 33})
         for (int64_t batch : {1, 2, 15, 16, 17, 31, 32, 33, 64, 65})

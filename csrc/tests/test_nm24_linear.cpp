@@ -1,7 +1,7 @@
 // C++ 2:4 kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1 and both sides of the batched-path threshold, cols 0/4/12 and not a
 // multiple of the vector width, odd rows, 1:4 rows padded with zero values, fp32 and bf16
-// values, strided x, no bias). Exit code 0 when all pass.
+// values, fp32 and bf16 activations, strided x, no bias). Exit code 0 when all pass.
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -22,6 +22,7 @@ struct Case {
   ValueType value_type;
   bool bias;
   int64_t x_pad;
+  ActType act;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -52,9 +53,10 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
   w.meta = meta.data();
-  const std::string label = "2:4 isa=" + std::to_string(int(isa)) + " val=" + std::to_string(int(c.value_type));
-  run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad}, terms, nm24_linear_workspace_floats(isa, c.batch, 2),
-                rng, [&](const DenseArgs& a) { nm24_linear_f32(isa, w, a); }, label.c_str());
+  const std::string label = std::string("2:4 isa=") + isa_name(isa) + " val=" + std::to_string(int(c.value_type));
+  run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
+                workspace_floats(isa, w, c.batch, c.act, 2), rng,
+                [&](const DenseArgs& a) { linear(isa, w, a); }, label.c_str());
 }
 
 }  // namespace
@@ -64,19 +66,15 @@ int main() {
   const int64_t batches[] = {0, 1, 2, 3, 4, 7, 8, 9, 17, 70};
   const int64_t shapes[][2] = {{1, 4}, {3, 12}, {5, 0}, {7, 36}, {33, 100}, {64, 64}, {17, 1040}, {40, 2052}};
   int cases = 0;
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-    if (!cpu_supports(isa)) {
-      std::printf("skip ISA %d: not supported by this CPU\n", int(isa));
-      continue;
-    }
+  for (Isa isa : runnable_isas())
     for (const auto& s : shapes)
       for (int64_t batch : batches)
         for (ValueType vt : {ValueType::f32, ValueType::bf16}) {
           const bool bias = (cases % 3) != 0;
-          run_case({s[0], s[1], batch, vt, bias, cases % 2 ? 0 : 5}, isa, rng);
+          const ActType act = cases % 4 == 1 ? ActType::bf16 : ActType::f32;
+          run_case({s[0], s[1], batch, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
           ++cases;
         }
-  }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -10,12 +10,16 @@ uint16 indices matter: at batch 1 the product is bound by bytes moved, and fp32 
 6 bytes per nonzero against 4 per dense weight. row_ptr stays int64 whatever nnz is: it holds
 out + 1 entries, a negligible share of the bytes, and one type keeps one kernel per case.
 """
+import warnings
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from .. import _backend
+from .common import KERNEL_VALUE_TYPES, PackedFormat, check_mask, check_value_dtype, compute_dtype
+
 MAX_UINT16_COLS = 65536
-VALUE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_KERNEL_INDEX_TYPES = {torch.uint16: 0, torch.int32: 1}  # csrc/kernels/cpu/linear_args.h
 
 
 class CsrTensors(NamedTuple):
@@ -29,26 +33,6 @@ def index_dtype(in_features: int) -> torch.dtype:
     return torch.uint16 if in_features <= MAX_UINT16_COLS else torch.int32
 
 
-def check_mask(weight: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """The bool [out, in] mask of `weight` (default: its nonzeros), after checking both; shared
-    by every packed format."""
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [out, in], got shape {tuple(weight.shape)}")
-    if not weight.is_floating_point():
-        raise TypeError(f"weight.dtype = {weight.dtype}, expected a floating point dtype")
-    if mask is None:
-        return weight != 0
-    if tuple(mask.shape) != tuple(weight.shape):
-        raise ValueError(f"mask.shape = {tuple(mask.shape)}, expected weight.shape = {tuple(weight.shape)}")
-    if mask.device != weight.device:
-        raise ValueError(f"mask is on {mask.device}, weight on {weight.device}")
-    if mask.dtype != torch.bool:
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask must hold only 0 and 1 (or be a bool tensor)")
-        mask = mask != 0
-    return mask
-
-
 def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
          value_dtype: Optional[torch.dtype] = None) -> CsrTensors:
     """Packs `weight` [out, in] keeping the entries where `mask` is true (default: weight != 0).
@@ -57,8 +41,7 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
     """
     mask = check_mask(weight, mask)
     value_dtype = value_dtype or weight.dtype
-    if value_dtype not in VALUE_DTYPES:
-        raise TypeError(f"value dtype {value_dtype} is not one of {VALUE_DTYPES}")
+    check_value_dtype(value_dtype)
     weight = weight.detach()
     rows, cols = mask.nonzero(as_tuple=True)  # row-major: sorted by row, then column
     counts = torch.bincount(rows, minlength=weight.shape[0])
@@ -105,8 +88,9 @@ def validate(csr: CsrTensors, shape: Tuple[int, int]) -> None:
         raise TypeError(f"col_idx.dtype = {col_idx.dtype}, expected torch.uint16 or torch.int32")
     if col_idx.dtype == torch.uint16 and in_features > MAX_UINT16_COLS:
         raise ValueError(f"uint16 col_idx cannot address in_features = {in_features} > {MAX_UINT16_COLS}")
-    if values.dtype not in VALUE_DTYPES:
-        raise TypeError(f"values.dtype = {values.dtype}, expected one of {VALUE_DTYPES}")
+    if not values.is_floating_point():
+        raise TypeError(f"values.dtype = {values.dtype}, expected a floating point dtype")
+    check_value_dtype(values.dtype)
     if row_ptr.numel() != out_features + 1:
         raise ValueError(f"row_ptr has {row_ptr.numel()} entries, expected out_features + 1 = {out_features + 1}")
     nnz = col_idx.numel()
@@ -135,3 +119,83 @@ def validate(csr: CsrTensors, shape: Tuple[int, int]) -> None:
         j = int(bad_steps.nonzero()[0]) + 1
         raise ValueError(f"col_idx not strictly increasing within a row at nonzero {j}: "
                          f"{int(cols[j - 1])} then {int(cols[j])}")
+
+
+def skeleton(shape: Tuple[int, int], nnz: int, dtype: torch.dtype, device=None) -> CsrTensors:
+    """A valid all-zero CSR with `nnz` slots (the first nnz positions in row-major order), for
+    a state_dict to fill."""
+    out_features, in_features = shape
+    # Arithmetic only (no bincount): the skeleton is also made on the meta device.
+    row_ptr = (torch.arange(out_features + 1, device=device) * in_features).clamp(max=nnz)
+    cols = torch.arange(nnz, device=device) % max(in_features, 1)
+    return CsrTensors(row_ptr, cols.to(index_dtype(in_features)), torch.zeros(nnz, dtype=dtype, device=device))
+
+
+# ---- the linear op's pieces ------------------------------------------------------------------
+
+def check_tensors(csr: CsrTensors, in_features: int, out_features: int) -> None:
+    """The op's argument check of the packed tensors (shapes and dtypes; every eager call)."""
+    row_ptr, col_idx, values = csr
+    if row_ptr.dtype != torch.int64 or row_ptr.ndim != 1 or row_ptr.shape[0] != out_features + 1:
+        raise ValueError(f"row_ptr must be int64 [out_features + 1 = {out_features + 1}], "
+                         f"got {row_ptr.dtype} {tuple(row_ptr.shape)}")
+    if col_idx.dtype not in _KERNEL_INDEX_TYPES or col_idx.ndim != 1:
+        raise TypeError(f"col_idx must be 1-D uint16 or int32, got {col_idx.dtype} {tuple(col_idx.shape)}")
+    if values.ndim != 1 or values.shape[0] != col_idx.shape[0]:
+        raise ValueError(f"values.shape = {tuple(values.shape)}, expected ({col_idx.shape[0]},) like col_idx")
+
+
+def kernel(csr: CsrTensors, in_features: int, out_features: int):
+    """The compiled kernel object over contiguous CPU buffers (it checks row_ptr's ends)."""
+    row_ptr, col_idx, values = csr
+    return _backend._C.csr_linear(out_features, in_features, col_idx.shape[0], row_ptr.data_ptr(),
+                                  col_idx.data_ptr(), _KERNEL_INDEX_TYPES[col_idx.dtype], values.data_ptr(),
+                                  KERNEL_VALUE_TYPES[values.dtype])
+
+
+def _as_torch_csr(csr: CsrTensors, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+    """A torch sparse CSR view of the buffers, for the paths the compiled kernels lack."""
+    row_ptr, col_idx, values = csr
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per call
+        warnings.simplefilter("ignore", UserWarning)
+        # Buffers reaching an op were validated when they were made or loaded.
+        return torch.sparse_csr_tensor(row_ptr, col_idx.to(torch.int64), values.to(dtype),
+                                       size=(row_ptr.shape[0] - 1, in_features), check_invariants=False)
+
+
+def linear_torch(x: torch.Tensor, csr: CsrTensors, bias: Optional[torch.Tensor], in_features: int,
+                 out_features: int) -> torch.Tensor:
+    """y = x @ W.T + bias through torch.sparse, for dtypes the compiled kernels lack (float64 for
+    gradcheck, float16 values) and devices without a kernel. Computes in float64 if anything is
+    float64, else float32, and returns x.dtype."""
+    dtype = compute_dtype(x, csr.values, bias)
+    x2 = x.reshape(-1, in_features).to(dtype)
+    y = torch.sparse.mm(_as_torch_csr(csr, in_features, dtype), x2.t()).t()
+    if bias is not None:
+        y = y + bias.to(dtype)
+    return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
+
+
+def grad_input(grad_y: torch.Tensor, csr: CsrTensors, in_features: int) -> torch.Tensor:
+    """dL/dx = grad_y @ W."""
+    dtype = compute_dtype(grad_y, csr.values)
+    g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+    grad_x = g2 @ _as_torch_csr(csr, in_features, dtype)
+    return grad_x.to(grad_y.dtype).reshape(*grad_y.shape[:-1], in_features)
+
+
+def sampled_grad(grad_y: torch.Tensor, x: torch.Tensor, csr: CsrTensors, in_features: int) -> torch.Tensor:
+    """dL/dvalues: (grad_y.T @ x) at the stored positions, in CSR order."""
+    dtype = compute_dtype(grad_y, x)
+    g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+    x2 = x.reshape(-1, in_features).to(dtype)
+    pattern = _as_torch_csr(csr._replace(values=torch.zeros(csr.values.shape, dtype=dtype, device=x.device)),
+                            in_features, dtype)
+    sampled = torch.sparse.sampled_addmm(pattern, g2.t().contiguous(), x2.contiguous(), beta=0.0)
+    return sampled.values().clone()
+
+
+FORMAT = PackedFormat(
+    name="csr", op="csr", layout=CsrTensors, pack=pack, unpack=unpack, validate=validate, skeleton=skeleton,
+    nnz=lambda t: t.values.numel(), incompatible=lambda mask: None, check_tensors=check_tensors,
+    kernel=kernel, linear_torch=linear_torch, grad_input=grad_input, sampled_grad=sampled_grad)

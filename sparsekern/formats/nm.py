@@ -1,8 +1,8 @@
 """2:4 semi-structured sparsity: in every group of 4 consecutive inputs of an output row, at
 most 2 weights are kept (NVIDIA's sparse tensor core pattern; here for the CPU kernels).
 
-    values  [out, in / 2]         float32 | bfloat16 (any float dtype is accepted; the fast
-                                  kernels read float32 and bfloat16). Group g of row r keeps
+    values  [out, in / 2]         float32 | bfloat16 (float16 and float64 are accepted; the
+                                  compiled kernels read float32 and bfloat16). Group g of row r keeps
                                   values[r, 2g] and values[r, 2g + 1].
     meta    [out, ceil(in / 8)]   uint8, two groups per byte: group g is the nibble
                                   (meta[r, g // 2] >> 4 * (g % 2)) & 15 = p0 | p1 << 2, the
@@ -23,7 +23,8 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .csr import VALUE_DTYPES, check_mask
+from .. import _backend
+from .common import KERNEL_VALUE_TYPES, PackedFormat, check_mask, check_value_dtype, compute_dtype
 
 GROUP = 4  # M of N:M
 KEPT = 2   # N of N:M
@@ -66,8 +67,7 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
     """
     mask = check_mask(weight, mask)
     value_dtype = value_dtype or weight.dtype
-    if value_dtype not in VALUE_DTYPES:
-        raise TypeError(f"value dtype {value_dtype} is not one of {VALUE_DTYPES}")
+    check_value_dtype(value_dtype)
     out_features, in_features = weight.shape
     _check_in_features(in_features)
     problem = mask_violation(mask)
@@ -115,8 +115,9 @@ def mask_of(nm: Nm24Tensors, shape: Tuple[int, int]) -> torch.Tensor:
     return mask.scatter_(1, positions_of(nm.meta, shape[1]), True)
 
 
-def skeleton(shape: Tuple[int, int], dtype: torch.dtype, device=None) -> Nm24Tensors:
-    """A valid all-zero 2:4 weight (positions 0 and 1 in every group), to load a state_dict into."""
+def skeleton(shape: Tuple[int, int], nnz: int, dtype: torch.dtype, device=None) -> Nm24Tensors:
+    """A valid all-zero 2:4 weight (positions 0 and 1 in every group), to load a state_dict into;
+    2:4 stores in / 2 slots per row whatever nnz is."""
     out_features, in_features = shape
     _check_in_features(in_features)
     nibbles = torch.full((out_features, in_features // GROUP), 0 | 1 << 2, dtype=torch.uint8, device=device)
@@ -137,8 +138,9 @@ def validate(nm: Nm24Tensors, shape: Tuple[int, int]) -> None:
     for name, t in (("values", values), ("meta", meta)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
-    if values.dtype not in VALUE_DTYPES:
-        raise TypeError(f"values.dtype = {values.dtype}, expected one of {VALUE_DTYPES}")
+    if not values.is_floating_point():
+        raise TypeError(f"values.dtype = {values.dtype}, expected a floating point dtype")
+    check_value_dtype(values.dtype)
     if meta.dtype != torch.uint8:
         raise TypeError(f"meta.dtype = {meta.dtype}, expected torch.uint8")
     if tuple(values.shape) != (out_features, in_features // 2):
@@ -162,3 +164,52 @@ def validate(nm: Nm24Tensors, shape: Tuple[int, int]) -> None:
         n = int(nibbles[row, group])
         raise ValueError(f"meta row {row}, group {group}: positions {n & 3} and {n >> 2} must be distinct "
                          f"and increasing")
+
+
+# ---- the linear op's pieces ------------------------------------------------------------------
+
+def check_tensors(nm: Nm24Tensors, in_features: int, out_features: int) -> None:
+    """The op's argument check of the packed tensors (shapes and dtypes; every eager call)."""
+    _check_in_features(in_features)
+    values, meta = nm
+    if values.ndim != 2 or tuple(values.shape) != (out_features, in_features // 2):
+        raise ValueError(f"values.shape = {tuple(values.shape)}, expected {(out_features, in_features // 2)}")
+    meta_shape = (out_features, meta_columns(in_features))
+    if meta.dtype != torch.uint8 or tuple(meta.shape) != meta_shape:
+        raise ValueError(f"meta must be uint8 {meta_shape}, got {meta.dtype} {tuple(meta.shape)}")
+
+
+def kernel(nm: Nm24Tensors, in_features: int, out_features: int):
+    """The compiled kernel object over contiguous CPU buffers."""
+    return _backend._C.nm24_linear(out_features, in_features, nm.values.data_ptr(),
+                                   KERNEL_VALUE_TYPES[nm.values.dtype], nm.meta.data_ptr())
+
+
+def linear_torch(x: torch.Tensor, nm: Nm24Tensors, bias: Optional[torch.Tensor], in_features: int,
+                 out_features: int) -> torch.Tensor:
+    """y = x @ W.T + bias through the unpacked dense weight, for dtypes/devices the kernels lack."""
+    dtype = compute_dtype(x, nm.values, bias)
+    weight = unpack(nm, (out_features, in_features), dtype)
+    return torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype)).to(x.dtype)
+
+
+def grad_input(grad_y: torch.Tensor, nm: Nm24Tensors, in_features: int) -> torch.Tensor:
+    """dL/dx = grad_y @ W."""
+    dtype = compute_dtype(grad_y, nm.values)
+    weight = unpack(nm, (nm.values.shape[0], in_features), dtype)
+    return (grad_y.to(dtype) @ weight).to(grad_y.dtype)
+
+
+def sampled_grad(grad_y: torch.Tensor, x: torch.Tensor, nm: Nm24Tensors, in_features: int) -> torch.Tensor:
+    """dL/dvalues [out, in / 2]: (grad_y.T @ x) at the stored positions."""
+    dtype = compute_dtype(grad_y, x)
+    g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+    x2 = x.reshape(-1, in_features).to(dtype)
+    return (g2.t() @ x2).gather(1, positions_of(nm.meta, in_features))
+
+
+# 2:4 stores in / 2 slots per row whatever the mask; padding slots hold zeros, not weights.
+FORMAT = PackedFormat(
+    name="2:4", op="nm24", layout=Nm24Tensors, pack=pack, unpack=unpack, validate=validate, skeleton=skeleton,
+    nnz=lambda t: int(torch.count_nonzero(t.values)), incompatible=mask_violation, check_tensors=check_tensors,
+    kernel=kernel, linear_torch=linear_torch, grad_input=grad_input, sampled_grad=sampled_grad)

@@ -1,4 +1,4 @@
-// bfloat16 is the top half of a float32: widening is a 16-bit shift, exact.
+// bfloat16 is the top half of a float32: widening is a 16-bit shift, exact; narrowing rounds.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +15,14 @@ inline float bf16_to_f32(uint16_t bits) {
   float f;
   std::memcpy(&f, &widened, sizeof f);
   return f;
+}
+
+// Rounds to the nearest bfloat16, ties to even, as torch does; NaN stays a (quiet) NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return uint16_t((u >> 16) | 0x40);
+  return uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 // Reads nonzero j of a value array as float, whatever its stored type.

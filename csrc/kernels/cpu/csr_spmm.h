@@ -6,11 +6,9 @@
 
 #include <cstdint>
 
-namespace sparsekern::cpu {
+#include "linear_args.h"
 
-enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
-enum class IndexType : int { u16 = 0, i32 = 1 };
-enum class ValueType : int { f32 = 0, bf16 = 1 };
+namespace sparsekern::cpu {
 
 // W [rows x cols] in CSR over output rows (rows = out_features, cols = in_features).
 struct CsrMatrix {
@@ -27,37 +25,19 @@ struct CsrMatrix {
   ValueType value_type = ValueType::f32;
 };
 
-// Dense activations and output.
-//   x    [batch x cols] float, row b starts at x + b * x_row_stride, columns contiguous.
-//   bias [rows] float or nullptr.
-//   y    [batch x rows] float, contiguous, fully overwritten.
-//   workspace: csr_spmm_workspace_floats(...) floats, 64-byte aligned (the transposed,
-//   batch-tiled copy of x that the batched path vectorizes over); may be nullptr when that
-//   size is 0.
-struct DenseArgs {
-  const float* x = nullptr;
-  int64_t batch = 0;
-  int64_t x_row_stride = 0;
-  const float* bias = nullptr;
-  float* y = nullptr;
-  float* workspace = nullptr;
-  int num_threads = 1;
+// The per-ISA variants (linear_dispatch.h), each defined in csr_spmm_<isa>.cpp. The batched
+// path's workspace is the transposed, batch-tiled copy of x it vectorizes over.
+struct CsrFamily {
+  using Matrix = CsrMatrix;
+  template <Isa isa>
+  static void run(const CsrMatrix& w, const DenseArgs& a);
+  template <Isa isa>
+  static int64_t workspace_floats(const CsrMatrix& w, int64_t batch, int num_threads);
 };
 
-// Floats of workspace the given ISA needs for this batch and cols (0 for scalar, batch 1).
-int64_t csr_spmm_workspace_floats(Isa isa, int64_t batch, int64_t cols);
-int64_t csr_spmm_workspace_floats_avx2(int64_t batch, int64_t cols);
-int64_t csr_spmm_workspace_floats_avx512(int64_t batch, int64_t cols);
-
-// Whether this CPU can run the ISA variant.
-bool cpu_supports(Isa isa);
-// The best ISA variant this CPU supports.
-Isa best_cpu_isa();
-
-// One entry point per ISA variant (tests call each directly) and one that dispatches.
-void csr_spmm_f32_scalar(const CsrMatrix& w, const DenseArgs& a);
-void csr_spmm_f32_avx2(const CsrMatrix& w, const DenseArgs& a);
-void csr_spmm_f32_avx512(const CsrMatrix& w, const DenseArgs& a);
-void csr_spmm_f32(Isa isa, const CsrMatrix& w, const DenseArgs& a);
+// Floats of 64-byte-aligned workspace `linear` needs for this ISA, batch and activation type.
+int64_t workspace_floats(Isa isa, const CsrMatrix& w, int64_t batch, ActType act, int num_threads);
+// y = x @ W.T + bias with the ISA's variant (tests call each ISA through this).
+void linear(Isa isa, const CsrMatrix& w, const DenseArgs& a);
 
 }  // namespace sparsekern::cpu

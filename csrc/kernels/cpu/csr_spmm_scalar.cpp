@@ -18,8 +18,8 @@ void csr_spmm_scalar_typed(const CsrMatrix& w, const DenseArgs& a) {
     const int64_t r0 = nnz_balanced_row(w.row_ptr, w.rows, part, parts);
     const int64_t r1 = nnz_balanced_row(w.row_ptr, w.rows, part + 1, parts);
     for (int64_t b = 0; b < a.batch; ++b) {
-      const float* x = a.x + b * a.x_row_stride;
-      float* y = a.y + b * w.rows;
+      const float* x = a.x_f32() + b * a.x_row_stride;
+      float* y = a.y_f32() + b * w.rows;
       for (int64_t r = r0; r < r1; ++r) {
         float sum = 0.f;
         for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j)
@@ -32,10 +32,14 @@ void csr_spmm_scalar_typed(const CsrMatrix& w, const DenseArgs& a) {
 
 }  // namespace
 
-void csr_spmm_f32_scalar(const CsrMatrix& w, const DenseArgs& a) {
+template <>
+void CsrFamily::run<Isa::scalar>(const CsrMatrix& w, const DenseArgs& a) {
   dispatch_types(w, [&](auto index, auto value) {
     csr_spmm_scalar_typed<decltype(index), decltype(value)>(w, a);
   });
 }
+
+template <>
+int64_t CsrFamily::workspace_floats<Isa::scalar>(const CsrMatrix&, int64_t, int) { return 0; }
 
 }  // namespace sparsekern::cpu

@@ -1,9 +1,9 @@
 // The vectorized CSR product, written once over a SIMD traits type V and instantiated per
-// ISA (csr_spmm_avx2.cpp, csr_spmm_avx512.cpp with their own compiler flags).
+// ISA (csr_spmm_<isa>.cpp, with the flags of isa_table.h).
 //
-// V provides: reg, width, zero(), set1(f), load(p) / store(p, r) (64-byte aligned p),
-// loadu(p) / storeu(p, r), add(a, b), fmadd(a, b, c), transpose(reg (&r)[width]) (r[i] lane j becomes
-// r[j] lane i), and row_dot(values, cols, n, x) = sum_j values[j] * x[cols[j]] (batch 1).
+// V: the shared traits of simd_avx2.h / simd_avx512.h (reg, width, zero, set1, load, store,
+// loadu, storeu, add, fmadd, transpose) plus the CSR batch-1 dot product that each variant
+// adds, row_dot(values, cols, n, x) = sum_j values[j] * x[cols[j]].
 //
 // Batch 1 is bound by the bytes of W (cold) or by fetching x[cols[j]] (hot): each nonzero is
 // read once and multiplied by one gathered activation (row_dot).
@@ -68,7 +68,7 @@ void pack_transposed(const DenseArgs& a, int64_t cols, int64_t tile) {
         typename V::reg r[W];
         for (int i = 0; i < W; ++i) {
           const int64_t b = t0 + t + i;
-          r[i] = b < a.batch ? V::loadu(a.x + b * a.x_row_stride + k) : V::zero();
+          r[i] = b < a.batch ? V::loadu(a.x_f32() + b * a.x_row_stride + k) : V::zero();
         }
         V::transpose(r);
         for (int i = 0; i < W; ++i) V::store(dst + (k + i) * tile + t, r[i]);
@@ -76,7 +76,7 @@ void pack_transposed(const DenseArgs& a, int64_t cols, int64_t tile) {
       for (int64_t i = 0; i < W; ++i) {
         const int64_t b = t0 + t + i;
         for (int64_t k = k_full; k < k1; ++k)
-          dst[k * tile + t + i] = b < a.batch ? a.x[b * a.x_row_stride + k] : 0.f;
+          dst[k * tile + t + i] = b < a.batch ? a.x_f32()[b * a.x_row_stride + k] : 0.f;
       }
     }
   }
@@ -141,7 +141,7 @@ void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
           for (int j = 0; j < W; ++j) V::store(out_t[k * W + j] + g * W, r[j]);
         }
       for (int64_t t = 0; t < valid; ++t) {
-        float* y = a.y + (t0 + t) * w.rows + rb;
+        float* y = a.y_f32() + (t0 + t) * w.rows + rb;
         if (block == RB) {
           for (int g = 0; g < kRowGroups; ++g) V::storeu(y + g * W, V::load(out_t[t] + g * W));
         } else {
@@ -158,8 +158,8 @@ void single_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1)
   const auto* values = static_cast<const ValueT*>(w.values);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t j0 = w.row_ptr[r];
-    const float dot = V::row_dot(values + j0, cols + j0, w.row_ptr[r + 1] - j0, a.x);
-    a.y[r] = a.bias ? dot + a.bias[r] : dot;
+    const float dot = V::row_dot(values + j0, cols + j0, w.row_ptr[r + 1] - j0, a.x_f32());
+    a.y_f32()[r] = a.bias ? dot + a.bias[r] : dot;
   }
 }
 

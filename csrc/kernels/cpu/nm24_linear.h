@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "csr_spmm.h"  // Isa, ValueType, DenseArgs, cpu_supports
+#include "linear_args.h"
 
 namespace sparsekern::cpu {
 
@@ -27,17 +27,18 @@ struct Nm24Matrix {
 
 inline int64_t nm24_meta_bytes(int64_t cols) { return (cols / 4 + 1) / 2; }
 
-// Floats of 64-byte-aligned workspace the given ISA needs (0 when it needs none): the
-// batched path decodes blocks of W per thread into it.
-int64_t nm24_linear_workspace_floats(Isa isa, int64_t batch, int num_threads);
-int64_t nm24_linear_workspace_floats_avx2(int64_t batch, int num_threads);
-int64_t nm24_linear_workspace_floats_avx512(int64_t batch, int num_threads);
+// The per-ISA variants (linear_dispatch.h), each defined in nm24_linear_<isa>.cpp. The batched
+// path decodes blocks of W per thread into the workspace.
+struct Nm24Family {
+  using Matrix = Nm24Matrix;
+  template <Isa isa>
+  static void run(const Nm24Matrix& w, const DenseArgs& a);
+  template <Isa isa>
+  static int64_t workspace_floats(const Nm24Matrix& w, int64_t batch, int num_threads);
+};
 
-// One entry point per ISA variant (tests call each directly) and one that dispatches.
-// DenseArgs as for csr_spmm (x [batch x cols] rows at x_row_stride, y [batch x rows]).
-void nm24_linear_f32_scalar(const Nm24Matrix& w, const DenseArgs& a);
-void nm24_linear_f32_avx2(const Nm24Matrix& w, const DenseArgs& a);
-void nm24_linear_f32_avx512(const Nm24Matrix& w, const DenseArgs& a);
-void nm24_linear_f32(Isa isa, const Nm24Matrix& w, const DenseArgs& a);
+// As for CsrMatrix (csr_spmm.h): overloads by matrix type.
+int64_t workspace_floats(Isa isa, const Nm24Matrix& w, int64_t batch, ActType act, int num_threads);
+void linear(Isa isa, const Nm24Matrix& w, const DenseArgs& a);
 
 }  // namespace sparsekern::cpu

@@ -126,7 +126,7 @@ void direct_tile(const Nm24Matrix& w, const DenseArgs& a, int64_t r, int64_t b0,
   for (int i = 0; i < NR; ++i)
     for (int b = 0; b < NB; ++b) {
       const float sum = V::reduce(acc[i][b]);
-      a.y[(b0 + b) * w.rows + r + i] = a.bias ? sum + a.bias[r + i] : sum;
+      a.y_f32()[(b0 + b) * w.rows + r + i] = a.bias ? sum + a.bias[r + i] : sum;
     }
 }
 
@@ -139,7 +139,7 @@ void direct_rows(const Nm24Matrix& w, const DenseArgs& a, int64_t r0, int64_t r1
   // The tail's activations, zero-padded to 2W: zero values times garbage could make NaN.
   alignas(64) float x_tail[NB][2 * W] = {};
   for (int b = 0; b < NB; ++b) {
-    x[b] = a.x + (b0 + b) * a.x_row_stride;
+    x[b] = a.x_f32() + (b0 + b) * a.x_row_stride;
     std::memcpy(x_tail[b], x[b] + tail_start, size_t(w.cols - tail_start) * 4);
   }
   int64_t r = r0;
@@ -296,7 +296,7 @@ void batched(const Nm24Matrix& w, const DenseArgs& a) {
             const float* x[kTile];
             alignas(64) float x_tail[kTile][W] = {};
             for (int b = 0; b < nb; ++b) {
-              x[b] = a.x + (b0 + b) * a.x_row_stride + k0;
+              x[b] = a.x_f32() + (b0 + b) * a.x_row_stride + k0;
               if (tail) std::memcpy(x_tail[b], x[b] + (chunks - 1) * W, size_t(cols % W) * 4);
             }
             constexpr int kPairs = V::tile_pairs;
@@ -313,7 +313,7 @@ void batched(const Nm24Matrix& w, const DenseArgs& a) {
               const int64_t r0 = 2 * (pb + p);
               const int rows = int(std::min<int64_t>(2 * np, w.rows - r0));
               for (int b = 0; b < nb; ++b) {
-                float* y = a.y + (b0 + b) * w.rows + r0;
+                float* y = a.y_f32() + (b0 + b) * w.rows + r0;
                 for (int i = 0; i < rows; ++i) {
                   const float start = k0 > 0 ? y[i] : a.bias ? a.bias[r0 + i] : 0.f;
                   y[i] = start + out[i][b];

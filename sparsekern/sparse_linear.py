@@ -1,33 +1,32 @@
-"""SparseLinear (a drop-in nn.Linear over packed sparse weights), sparsify, summary."""
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+"""SparseLinear: a drop-in nn.Linear over packed sparse weights (sparsekern.formats)."""
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _backend, ops, prune
-from .formats import PACKED_FORMATS
-from .formats import csr as csr_format
-from .formats.csr import CsrTensors
-from .timing import time_interleaved
+from . import ops, planner
+from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
+from .formats.common import KERNEL_VALUE_TYPES
 
-FORMATS = ("csr", "2:4", "dense")
-CHOICES = FORMATS + ("auto",)
-# Per packed format: (the eager kernel call, the custom op), both taking
-# (x, *packed tensors, bias, in_features, out_features).
-_LINEAR_OPS = {
-    "csr": (ops.csr_linear_eager, torch.ops.sparsekern.csr_linear),
-    "2:4": (ops.nm24_linear_eager, torch.ops.sparsekern.nm24_linear),
-}
+AUTO = "auto"
 
 
-def _check_format(format: str, allowed: Sequence[str]) -> None:
+def check_format(format: str, allowed: Sequence[str]) -> None:
     if format not in allowed:
         raise ValueError(f"format = {format!r}, expected one of {', '.join(map(repr, allowed))}")
 
 
+class _KernelHandle(NamedTuple):
+    """A layer's compiled kernel object and float32 bias, valid while `key` matches its tensors."""
+    key: tuple
+    kernel: object
+    bias: Optional[torch.Tensor]
+
+
 class SparseLinear(nn.Module):
-    """y = x @ W.T + b with W stored packed ('csr', '2:4') or dense ('dense').
+    """y = x @ W.T + b with W stored packed (a format of sparsekern.formats: 'csr', '2:4') or
+    dense ('dense').
 
     Takes x [..., in_features] of any strides, returns [..., out_features] like nn.Linear.
     CSR buffers: row_ptr [out + 1] int64, col_idx [nnz] uint16/int32 (buffers) and
@@ -41,7 +40,7 @@ class SparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
                  nnz: int = 0, dtype: Optional[torch.dtype] = None, device=None):
         super().__init__()
-        _check_format(format, FORMATS)
+        check_format(format, LAYER_FORMATS)
         if in_features < 0 or out_features < 0:
             raise ValueError(f"in_features = {in_features} and out_features = {out_features} must be >= 0")
         if not 0 <= nnz <= in_features * out_features:
@@ -56,25 +55,29 @@ class SparseLinear(nn.Module):
         self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
                                 if bias else None)
         self.choice_note = ""  # why sparsify(format="auto") chose this format
+        self._handle: Optional[_KernelHandle] = None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None, format: str = "csr",
-                   value_dtype: Optional[torch.dtype] = None) -> "SparseLinear":
+                   value_dtype: Optional[torch.dtype] = None,
+                   batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES) -> "SparseLinear":
         """Packs an nn.Linear. mask=None takes the mask that sparsekern.prune or
         torch.nn.utils.prune attached (`weight_mask`), else the weight's own zeros.
-        value_dtype (e.g. torch.bfloat16) stores the weights in another dtype than the bias."""
+        value_dtype (e.g. torch.bfloat16) stores the weights in another dtype than the bias;
+        None keeps the weight's. format="auto" times the formats that can hold the mask against
+        dense at `batch_sizes` and keeps the fastest (dense unless one wins)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense takes an nn.Linear, got {type(linear).__name__}")
-        _check_format(format, CHOICES)
+        check_format(format, (*LAYER_FORMATS, AUTO))
         # Under a pruning reparametrization `weight` is only refreshed by forward(): read the
         # parameter the optimizer updates and the mask itself.
         weight = getattr(linear, "weight_orig", linear.weight).detach()
         if mask is None:
             mask = getattr(linear, "weight_mask", None)
-        mask = csr_format.check_mask(weight, mask)
+        mask = check_mask(weight, mask)
         has_bias = linear.bias is not None
-        if format == "auto":
-            format, note = _choose_format(weight, mask, has_bias, value_dtype)
+        if format == AUTO:
+            format, note = planner.choose_format(weight, mask, has_bias, value_dtype, batch_sizes)
         else:
             note = ""
         layer = cls(linear.in_features, linear.out_features, bias=has_bias, format=format,
@@ -98,7 +101,7 @@ class SparseLinear(nn.Module):
                 self.register_buffer(name, t)
 
     def packed(self) -> tuple:
-        """The packed tensors of a 'csr' or '2:4' layer (CsrTensors / Nm24Tensors)."""
+        """The packed tensors of a packed layer, as its format's layout (CsrTensors, Nm24Tensors)."""
         if self.format not in PACKED_FORMATS:
             raise ValueError(f"this layer's format is {self.format!r}, which is not packed")
         layout = PACKED_FORMATS[self.format].layout
@@ -110,12 +113,6 @@ class SparseLinear(nn.Module):
         tensors = self._buffers
         return [self._parameters["values"] if name == "values" else tensors[name]
                 for name in PACKED_FORMATS[self.format].layout._fields]
-
-    def csr(self) -> CsrTensors:
-        """The packed (row_ptr, col_idx, values) of a 'csr' layer."""
-        if self.format != "csr":
-            raise ValueError(f"this layer's format is {self.format!r}, not 'csr'")
-        return self.packed()
 
     def dense_weight(self) -> torch.Tensor:
         """The [out, in] weight with zeros where nothing is stored."""
@@ -165,14 +162,43 @@ class SparseLinear(nn.Module):
         return not (x.requires_grad or self._parameters["values"].requires_grad or
                     (bias is not None and bias.requires_grad))
 
+    def _kernel_handle(self) -> Optional[_KernelHandle]:
+        """The compiled kernel over this layer's tensors, rebuilt whenever one of them was
+        replaced (assignment, load_state_dict, .to(), _apply) or the bias changed; None when
+        the kernels do not take the stored dtypes. Keyed by each tensor's address and size, so
+        a new tensor at a recycled address with another size cannot pass for the old one."""
+        tensors = self._packed_tensors()
+        bias = self._parameters["bias"]
+        key = (tuple((t.data_ptr(), t.shape) for t in tensors),
+               None if bias is None else (bias.data_ptr(), bias.dtype, bias._version))
+        handle = self._handle
+        if handle is not None and handle.key == key:
+            return handle
+        fmt = PACKED_FORMATS[self.format]
+        packed = fmt.layout(*tensors)
+        if not (packed.values.is_cpu and packed.values.dtype in KERNEL_VALUE_TYPES and
+                all(t.is_contiguous() for t in tensors)):
+            self._handle = None
+            return None
+        fmt.check_tensors(packed, self.in_features, self.out_features)
+        self._handle = _KernelHandle(key, fmt.kernel(packed, self.in_features, self.out_features),
+                                     ops.kernel_bias(bias))
+        return self._handle
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.format == "dense":
             return F.linear(x, self.weight, self.bias)
-        args = (x, *self._packed_tensors(), self._parameters["bias"], self.in_features, self.out_features)
-        eager, op = _LINEAR_OPS[self.format]
         if self._use_eager_kernel(x):
-            return eager(*args)
-        return op(*args)
+            # The fast path: one compiled call on the cached kernel, after the checks that
+            # depend on x alone (the layer's own tensors were checked when the handle was built).
+            handle = self._kernel_handle()
+            if handle is not None and x.ndim >= 1 and x.shape[-1] == self.in_features and \
+                    x.dtype in ops.ACTIVATION_DTYPES:
+                return ops.run_kernel(handle.kernel, x, handle.bias, self.in_features, self.out_features)
+            return ops.linear_eager(self.format, x, self._packed_tensors(), self._parameters["bias"],
+                                    self.in_features, self.out_features)
+        return ops.linear_op(self.format)(x, *self._packed_tensors(), self._parameters["bias"], self.in_features,
+                                          self.out_features)
 
     @property
     def value_dtype(self) -> torch.dtype:
@@ -184,6 +210,12 @@ class SparseLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}, "
                 f"sparsity={self.sparsity:.1%}, nnz={self.nnz}, dtype={str(dtype).replace('torch.', '')}, "
                 f"bias={self.bias is not None}")
+
+    def __getstate__(self):
+        # The kernel handle holds raw addresses: a copy or a pickle rebuilds its own.
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        return state
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A skeleton's buffers take the incoming nnz and index dtype; everything is validated
@@ -200,124 +232,3 @@ class SparseLinear(nn.Module):
                 self.values = nn.Parameter(torch.empty(incoming.values.shape, dtype=self.values.dtype,
                                                        device=device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
-# ---- format choice -------------------------------------------------------------------------
-
-_AUTO_BATCHES = (1, 64)
-_choice_cache: Dict[Tuple, Tuple[str, str]] = {}
-
-
-def _choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool,
-                   value_dtype: Optional[torch.dtype]) -> Tuple[str, str]:
-    """(format, why): the packed format that measured fastest against dense at every batch
-    size in _AUTO_BATCHES, on this machine, with this layer's shape and sparsity, if it beat
-    dense everywhere; else 'dense'. 2:4 is a candidate only where the mask is 2:4."""
-    out_features, in_features = weight.shape
-    nnz = int(mask.sum())
-    sparsity = 1 - nnz / max(1, weight.numel())
-    if weight.device.type != "cpu":
-        return "dense", f"no sparse kernels for {weight.device.type}"
-    candidates = [name for name, packed in PACKED_FORMATS.items() if packed.incompatible(mask) is None]
-    # Below ~1/3 sparsity CSR moves more bytes than the dense matrix (6 B per nonzero vs 4);
-    # a 2:4 mask has at least 50%.
-    if sparsity < 0.3:
-        return "dense", f"sparsity {sparsity:.0%} < 30%"
-    key = (out_features, in_features, round(sparsity, 2), weight.dtype, value_dtype, has_bias,
-           tuple(candidates), _backend.cpu_isa(), torch.get_num_threads())
-    if key not in _choice_cache:
-        _choice_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype, candidates)
-    return _choice_cache[key]
-
-
-def _measure_choice(weight, mask, has_bias, value_dtype, candidates) -> Tuple[str, str]:
-    out_features, in_features = weight.shape
-    dense_weight = (weight * mask).contiguous()
-    bias = torch.zeros(out_features, dtype=weight.dtype) if has_bias else None
-    packed = {name: PACKED_FORMATS[name].pack(weight, mask, value_dtype) for name in candidates}
-    ratios = {name: [] for name in candidates}
-    with torch.no_grad():
-        for batch in _AUTO_BATCHES:
-            x = torch.randn(batch, in_features, dtype=weight.dtype)
-            calls = {"dense": lambda: F.linear(x, dense_weight, bias)}
-            for name in candidates:
-                eager, tensors = _LINEAR_OPS[name][0], packed[name]
-                calls[name] = lambda eager=eager, tensors=tensors: eager(
-                    x, *tensors, bias, in_features, out_features)
-            # The least disturbed round: a decision must not follow another process's load.
-            times = time_interleaved(calls, rounds=7, round_seconds=0.003, statistic="min")
-            for name in candidates:
-                ratios[name].append(times["dense"] / times[name])
-    ranked = sorted(candidates, key=lambda name: min(ratios[name]), reverse=True)
-    notes = "; ".join(f"{name} measured " + ", ".join(f"{r:.2f}x at batch {b}"
-                                                      for r, b in zip(ratios[name], _AUTO_BATCHES))
-                      for name in ranked)
-    # A margin over 1.0 so timing noise cannot pick a format that is really slower.
-    if min(ratios[ranked[0]]) >= 1.1:
-        return ranked[0], notes
-    return "dense", f"kept dense: {notes}"
-
-
-# ---- whole models --------------------------------------------------------------------------
-
-def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
-    """(parent, attribute, full name) of every nn.Linear below model that can be replaced.
-
-    nn.MultiheadAttention's out_proj is skipped: its parent reads out_proj.weight directly
-    (F.multi_head_attention_forward) instead of calling the module."""
-    for parent_name, parent in model.named_modules():
-        if isinstance(parent, nn.MultiheadAttention):
-            continue
-        for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                yield parent, attr, f"{parent_name}.{attr}" if parent_name else attr
-
-
-def sparsify(model: nn.Module, format: str = "auto", value_dtype: Optional[torch.dtype] = None,
-             progress: Optional[bool] = None) -> nn.Module:
-    """Replaces every nn.Linear in `model` by a SparseLinear, in place, and returns the model.
-
-    format: 'csr', '2:4', 'dense' or 'auto' (per layer, the packed format that measured fastest
-    and faster than dense on this machine at batch 1 and 64, 2:4 only for 2:4 masks; see
-    `summary` for the reason). Masks attached by
-    sparsekern.prune or torch.nn.utils.prune decide the pattern, else the weights' zeros.
-    nn.MultiheadAttention's out_proj stays an nn.Linear (its parent reads the weight itself),
-    and torch's fused encoder fast path is turned off where it would read a packed weight.
-    A bare nn.Linear as `model` is returned converted (it cannot be replaced in place).
-    """
-    _check_format(format, CHOICES)
-    if isinstance(model, nn.Linear):
-        return SparseLinear.from_dense(model, format=format, value_dtype=value_dtype)
-    from tqdm.auto import tqdm
-
-    targets = list(_linear_children(model))
-    bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
-    for parent, attr, name in bar:
-        bar.set_postfix_str(name, refresh=False)
-        setattr(parent, attr, SparseLinear.from_dense(getattr(parent, attr), format=format,
-                                                      value_dtype=value_dtype))
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
-            # Layers that stay nn.Linear keep their pruned zeros, without the mask
-            # bookkeeping that would otherwise stop sparsekern.save.
-            prune.finalize(module.out_proj)
-        elif isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
-            _keep_off_fused_encoder(module)
-    return model
-
-
-def _fused_encoder_off(module, args):
-    """Forward pre-hook that changes nothing: its presence is what turns off the fused path."""
-
-
-def _keep_off_fused_encoder(module: nn.Module) -> None:
-    # In eval mode under no_grad, torch's encoder layers take a fused C++ path that reads
-    # linear1.weight / linear2.weight as dense tensors, which a SparseLinear does not have.
-    # Torch skips that path for a layer with forward hooks, and for an encoder stack whose
-    # use_nested_tensor is False; this costs about a microsecond per layer call.
-    if not any(isinstance(m, SparseLinear) for m in module.modules()):
-        return
-    if isinstance(module, nn.TransformerEncoder):
-        module.use_nested_tensor = False
-    elif _fused_encoder_off not in module._forward_pre_hooks.values():
-        module.register_forward_pre_hook(_fused_encoder_off)

@@ -15,8 +15,20 @@ def _bench(argv: List[str]) -> int:
 
 
 def _inspect(argv: List[str]) -> int:
-    from . import io
-    return io.inspect_main(argv)
+    """`sparsekern inspect FILE`: prints the table; exit status 1 with the reason for a bad file."""
+    from ..io import inspect_file
+
+    parser = argparse.ArgumentParser(prog="sparsekern inspect",
+                                     description="Per-layer table of a file written by sparsekern.save "
+                                                 "(reads only its validated header).")
+    parser.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        print(inspect_file(args.file))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sparsekern inspect: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 COMMANDS = {

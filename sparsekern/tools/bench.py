@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import nn as sk_nn
-from . import prune
+from ..sparse_linear import SparseLinear
+from .. import prune
 
 # (out_features, in_features) from real models.
 SHAPES = {
@@ -86,7 +86,7 @@ def _cycled(make: Callable[[], Callable], bytes_each: int, cache: str) -> Callab
 
 class Candidates(NamedTuple):
     calls: Dict[str, Callable[[], object]]
-    layer: sk_nn.SparseLinear
+    layer: SparseLinear
     weight_bytes: Dict[str, int]
 
 
@@ -96,7 +96,7 @@ def candidates(case: Case, with_scipy: bool = True) -> Candidates:
     out_features, in_features = SHAPES[case.shape]
     x = torch.randn(case.batch, in_features)
     weight, bias = linear.weight.detach(), linear.bias.detach()
-    layer = sk_nn.SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])
+    layer = SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])
     with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" notice
         warnings.simplefilter("ignore", UserWarning)
         w_csr = weight.to_sparse_csr()
@@ -108,7 +108,7 @@ def candidates(case: Case, with_scipy: bool = True) -> Candidates:
         return lambda: F.linear(x, w, bias)
 
     def sparsekern_call():
-        copy = sk_nn.SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])
+        copy = SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])
         return lambda: copy(x)
 
     def torch_sparse_call():

@@ -6,17 +6,25 @@ per candidate is the median over rounds.
 """
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 
 def time_interleaved(candidates: Dict[str, Callable[[], object]], rounds: int = 7,
                      round_seconds: float = 0.005, statistic: str = "median") -> Dict[str, float]:
     """Seconds per call of each candidate, measured interleaved: the median over rounds, or
     the minimum (statistic="min": the least disturbed round, for decisions on a busy machine)."""
-    if rounds < 1:
-        raise ValueError(f"rounds = {rounds}, expected >= 1")
     if statistic not in ("median", "min"):
         raise ValueError(f"statistic = {statistic!r}, expected 'median' or 'min'")
+    reduce = statistics.median if statistic == "median" else min
+    return {name: reduce(s) for name, s in time_rounds(candidates, rounds, round_seconds).items()}
+
+
+def time_rounds(candidates: Dict[str, Callable[[], object]], rounds: int = 7,
+                round_seconds: float = 0.005) -> Dict[str, List[float]]:
+    """Seconds per call of each candidate in each round (rounds interleave the candidates), for
+    statistics over rounds, such as per-round ratios of two candidates timed side by side."""
+    if rounds < 1:
+        raise ValueError(f"rounds = {rounds}, expected >= 1")
     calls = {}
     for name, fn in candidates.items():  # warm up, then size each round
         fn()
@@ -32,5 +40,4 @@ def time_interleaved(candidates: Dict[str, Callable[[], object]], rounds: int = 
             for _ in range(n):
                 fn()
             samples[name].append((time.perf_counter() - start) / n)
-    reduce = statistics.median if statistic == "median" else min
-    return {name: reduce(s) for name, s in samples.items()}
+    return samples

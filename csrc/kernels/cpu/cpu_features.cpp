@@ -1,0 +1,136 @@
+// CPU feature detection by CPUID. Compiled without ISA flags: it must run on any x86-64 CPU.
+//
+// Own CPUID reading rather than __builtin_cpu_supports: the builtin takes only literal names
+// (the ISA table holds strings), and it knows no AMX or AVX512-BF16 on older compilers.
+#include "cpu_features.h"
+
+#include <array>
+#include <cstring>
+#include <sstream>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
+namespace sparsekern::cpu {
+namespace {
+
+struct IsaEntry {
+  const char* name;
+  const char* features;
+};
+
+constexpr IsaEntry kIsaEntries[] = {
+#define SPARSEKERN_ISA_ENTRY(id, features, flags) {#id, features},
+    SPARSEKERN_ISA_TABLE(SPARSEKERN_ISA_ENTRY)
+#undef SPARSEKERN_ISA_ENTRY
+};
+
+enum Reg { EAX, EBX, ECX, EDX };
+
+// A feature bit: CPUID leaf/subleaf, register, bit; and the XCR0 state bits the OS must save
+// for its registers to be usable (YMM for AVX, opmask + ZMM for AVX-512, tiles for AMX).
+struct FeatureBit {
+  const char* name;
+  unsigned leaf, subleaf;
+  Reg reg;
+  int bit;
+  uint64_t xcr0;
+};
+
+constexpr uint64_t kYmm = 0x6, kZmm = 0xE6, kTiles = 0x60000;
+
+constexpr FeatureBit kFeatures[] = {
+    {"fma", 1, 0, ECX, 12, kYmm},
+    {"f16c", 1, 0, ECX, 29, kYmm},
+    {"avx2", 7, 0, EBX, 5, kYmm},
+    {"avx512f", 7, 0, EBX, 16, kZmm},
+    {"avx512dq", 7, 0, EBX, 17, kZmm},
+    {"avx512bw", 7, 0, EBX, 30, kZmm},
+    {"avx512vl", 7, 0, EBX, 31, kZmm},
+    {"avx512_vbmi2", 7, 0, ECX, 6, kZmm},
+    {"avx512_vnni", 7, 0, ECX, 11, kZmm},
+    {"avx512_fp16", 7, 0, EDX, 23, kZmm},
+    {"amx_bf16", 7, 0, EDX, 22, kTiles},
+    {"amx_tile", 7, 0, EDX, 24, kTiles},
+    {"amx_int8", 7, 0, EDX, 25, kTiles},
+    {"avx512_bf16", 7, 1, EAX, 5, kZmm},
+};
+
+#if defined(__x86_64__) || defined(_M_X64)
+uint64_t os_saved_state() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;  // no OSXSAVE: no xgetbv
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+
+bool has_bit(const FeatureBit& f) {
+  unsigned r[4] = {0, 0, 0, 0};
+  if (!__get_cpuid_count(f.leaf, f.subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
+  if (!(r[f.reg] & (1u << f.bit))) return false;
+  static const uint64_t saved = os_saved_state();
+  return (saved & f.xcr0) == f.xcr0;
+}
+#else
+bool has_bit(const FeatureBit&) { return false; }
+#endif
+
+}  // namespace
+
+const char* isa_name(Isa isa) { return kIsaEntries[int(isa)].name; }
+const char* isa_features(Isa isa) { return kIsaEntries[int(isa)].features; }
+
+bool parse_isa(const std::string& name, Isa* isa) {
+  for (int i = 0; i < kIsaCount; ++i)
+    if (name == kIsaEntries[i].name) {
+      *isa = kAllIsas[i];
+      return true;
+    }
+  return false;
+}
+
+bool cpu_has(const std::string& feature) {
+  for (const FeatureBit& f : kFeatures)
+    if (feature == f.name) return has_bit(f);
+  return false;
+}
+
+bool feature_known(const std::string& feature) {
+  for (const FeatureBit& f : kFeatures)
+    if (feature == f.name) return true;
+  return false;
+}
+
+namespace {
+
+bool has_all_features(Isa isa) {
+  std::istringstream names(isa_features(isa));
+  std::string feature;
+  while (names >> feature)
+    if (!cpu_has(feature)) return false;
+  return true;
+}
+
+}  // namespace
+
+// Computed once: CPUID traps to the hypervisor in a VM (tens of microseconds), and the
+// bindings ask on every call.
+bool cpu_supports(Isa isa) {
+  static const auto supported = [] {
+    std::array<bool, kIsaCount> table{};
+    for (int i = 0; i < kIsaCount; ++i) table[i] = has_all_features(kAllIsas[i]);
+    return table;
+  }();
+  return supported[int(isa)];
+}
+
+Isa best_cpu_isa() {
+  Isa best = Isa::scalar;
+  for (Isa isa : kAllIsas)
+    if (cpu_supports(isa)) best = isa;
+  return best;
+}
+
+}  // namespace sparsekern::cpu

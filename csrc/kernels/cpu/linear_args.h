@@ -1,0 +1,42 @@
+// The arguments every CPU linear kernel shares: y = x @ W.T + bias, W in some packed format.
+//
+// Framework-free: raw pointers and sizes, no allocation, no environment, no printing. The
+// caller (csrc/python) has checked every size; kernels trust them.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu_features.h"
+
+namespace sparsekern::cpu {
+
+enum class IndexType : int { u16 = 0, i32 = 1 };
+// Stored weights: float32, or bfloat16 bit patterns as uint16_t.
+enum class ValueType : int { f32 = 0, bf16 = 1 };
+// Activations and output (one dtype for both, as torch's linear returns x's dtype).
+enum class ActType : int { f32 = 0, bf16 = 1 };
+
+// Dense activations and output.
+//   x    [batch x cols] of act_type, row b starts b * x_row_stride elements in, columns
+//        contiguous.
+//   bias [rows] float or nullptr.
+//   y    [batch x rows] of act_type, contiguous, fully overwritten.
+//   workspace: the family's workspace_floats(...) floats, 64-byte aligned; may be nullptr
+//   when that size is 0.
+// The per-ISA kernels read float32 activations (x_f32, y_f32); each family's dispatch widens
+// bfloat16 activations for them (linear_dispatch.h) until a variant reads bf16 itself.
+struct DenseArgs {
+  const void* x = nullptr;
+  ActType act_type = ActType::f32;
+  int64_t batch = 0;
+  int64_t x_row_stride = 0;
+  const float* bias = nullptr;
+  void* y = nullptr;
+  float* workspace = nullptr;
+  int num_threads = 1;
+
+  const float* x_f32() const { return static_cast<const float*>(x); }
+  float* y_f32() const { return static_cast<float*>(y); }
+};
+
+}  // namespace sparsekern::cpu

@@ -1,0 +1,116 @@
+"""Every choice sparsekern makes about how to run a layer, in one place.
+
+- Which kernel variant (ISA) runs a call: `kernel_isa(batch, act_dtype)`, per batch bucket and
+  activation dtype, so a variant that pays only for batched inputs (AMX) can be chosen for
+  those alone. Today every bucket takes the most capable ISA this CPU runs (capped by
+  SPARSEKERN_CPU_ISA).
+- Which format a layer is stored in, for sparsify(format="auto"): `choose_format` times
+  every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
+  at the batch sizes asked for, each candidate paired with dense alone.
+
+Choices are cached in-process, keyed by everything they depend on.
+"""
+import statistics
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import _backend
+from .tools import timing
+from .formats import PACKED_FORMATS
+
+DEFAULT_BATCH_SIZES = (1, 64)
+# A packed format must beat dense by this margin at every batch size, so that timing noise
+# cannot pick a format that is really slower.
+WIN_MARGIN = 1.1
+# Below this sparsity no format moves fewer bytes than dense (CSR: 6 B per nonzero against 4).
+MIN_SPARSITY = 0.3
+
+
+def batch_bucket(batch: int) -> int:
+    """The batch sizes a choice is made for: 1, 2-4, 5-16, 17-64, 65-256, then powers of 4."""
+    bucket = 1
+    while bucket < batch:
+        bucket *= 4
+    return bucket
+
+
+@lru_cache(maxsize=None)
+def _isa_for(bucket: int, act_dtype: torch.dtype) -> int:
+    return _backend.isa_index(_backend.cpu_isa())
+
+
+def kernel_isa(batch: int, act_dtype: torch.dtype) -> int:
+    """The number of the ISA variant that runs a call of this batch size and activation dtype."""
+    return _isa_for(batch_bucket(batch), act_dtype)
+
+
+def forced_isa(name: str) -> int:
+    """The number of a named ISA variant that this CPU runs (tests force each one)."""
+    number = _backend.isa_index(name)
+    if name not in _backend.supported_cpu_isas():
+        raise RuntimeError(f"this CPU cannot run the {name} kernels")
+    return number
+
+
+# ---- format choice -----------------------------------------------------------------------------
+
+_format_cache: Dict[tuple, Tuple[str, str]] = {}
+
+
+def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, value_dtype: Optional[torch.dtype],
+                  batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES) -> Tuple[str, str]:
+    """(format, why): the packed format that measured fastest against dense at every batch
+    size in `batch_sizes`, on this machine, with this layer's shape, sparsity and dtypes, if it
+    beat dense by WIN_MARGIN everywhere; else 'dense'. Only formats that can hold the mask
+    are candidates."""
+    out_features, in_features = weight.shape
+    nnz = int(mask.sum())
+    sparsity = 1 - nnz / max(1, weight.numel())
+    if weight.device.type != "cpu":
+        return "dense", f"no sparse kernels chosen for {weight.device.type}"
+    candidates = tuple(name for name, fmt in PACKED_FORMATS.items() if fmt.incompatible(mask) is None)
+    if sparsity < MIN_SPARSITY:
+        return "dense", f"sparsity {sparsity:.0%} < {MIN_SPARSITY:.0%}"
+    batch_sizes = tuple(batch_sizes)
+    key = (out_features, in_features, round(sparsity, 2), weight.dtype, value_dtype, has_bias, candidates,
+           batch_sizes, _backend.cpu_isa(), torch.get_num_threads())
+    if key not in _format_cache:
+        _format_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes)
+    return _format_cache[key]
+
+
+def paired_ratio(dense, candidate, rounds: int = 9, round_seconds: float = 0.003) -> float:
+    """How many times faster `candidate` runs than `dense`: the median over rounds of the
+    ratio within each round. The two run alone, side by side (a third candidate in the same
+    rounds slows the others), and a round's ratio compares calls made moments apart, so load
+    from other processes cancels unless it hits one call of the pair."""
+    times = timing.time_rounds({"dense": dense, "candidate": candidate}, rounds=rounds, round_seconds=round_seconds)
+    return statistics.median(d / c for d, c in zip(times["dense"], times["candidate"]))
+
+
+def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes) -> Tuple[str, str]:
+    from . import ops
+
+    out_features, in_features = weight.shape
+    dense_weight = (weight * mask).contiguous()
+    bias = torch.zeros(out_features, dtype=weight.dtype) if has_bias else None
+    packed = {name: PACKED_FORMATS[name].pack(weight, mask, value_dtype) for name in candidates}
+    ratios: Dict[str, List[float]] = {name: [] for name in candidates}
+    with torch.no_grad():
+        for batch in batch_sizes:
+            x = torch.randn(batch, in_features, dtype=weight.dtype)
+            for name in candidates:
+                tensors = packed[name]
+                ratios[name].append(paired_ratio(
+                    lambda: F.linear(x, dense_weight, bias),
+                    lambda: ops.linear_eager(name, x, tensors, bias, in_features, out_features)))
+    ranked = sorted(candidates, key=lambda name: min(ratios[name]), reverse=True)
+    notes = "; ".join(f"{name} measured " + ", ".join(f"{r:.2f}x at batch {b}"
+                                                      for r, b in zip(ratios[name], batch_sizes))
+                      for name in ranked)
+    if ranked and min(ratios[ranked[0]]) >= WIN_MARGIN:
+        return ranked[0], notes
+    return "dense", f"kept dense: {notes}" if notes else "kept dense: no packed format holds this mask"

@@ -1,0 +1,114 @@
+"""sparsify(model): every selected nn.Linear of a model replaced by a SparseLinear, in place."""
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import planner, prune
+from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
+from .prune._masks import Selector, _matches
+from .sparse_linear import AUTO, SparseLinear, check_format
+
+CHOICES = (*LAYER_FORMATS, AUTO)
+
+
+def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
+    """(parent, attribute, full name) of every nn.Linear below model that can be replaced.
+
+    nn.MultiheadAttention's out_proj is skipped: its parent reads out_proj.weight directly
+    (F.multi_head_attention_forward) instead of calling the module."""
+    for parent_name, parent in model.named_modules():
+        if isinstance(parent, nn.MultiheadAttention):
+            continue
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                yield parent, attr, f"{parent_name}.{attr}" if parent_name else attr
+
+
+def _selected(name: str, module: nn.Module, include: Selector, exclude: Selector) -> bool:
+    return (include is None or _matches(include, name, module)) and \
+        (exclude is None or not _matches(exclude, name, module))
+
+
+def _check_explicit_format(format: str, targets: List[Tuple[nn.Module, str, str]]) -> None:
+    """Before anything is replaced: every target's mask fits `format` (no half-converted model)."""
+    fmt = PACKED_FORMATS.get(format)
+    if fmt is None:
+        return
+    for parent, attr, name in targets:
+        linear = getattr(parent, attr)
+        weight = getattr(linear, "weight_orig", linear.weight).detach()
+        problem = fmt.incompatible(check_mask(weight, getattr(linear, "weight_mask", None)))
+        if problem:
+            raise ValueError(f"layer {name!r} cannot be stored as {format!r}: {problem}. Leave it out with "
+                             f"exclude={name!r}, or use format='auto', which keeps such layers in a format "
+                             f"that fits (or dense)")
+
+
+def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, exclude: Selector = None,
+             batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES, value_dtype: Optional[torch.dtype] = None,
+             progress: Optional[bool] = None, plan: Optional[Dict[str, str]] = None) -> nn.Module:
+    """Replaces the selected nn.Linear layers of `model` by SparseLinear, in place; returns the model.
+
+    format: a packed format ('csr', '2:4', ...), 'dense', or 'auto': per layer, the packed
+        format that measured fastest and faster than dense on this machine at every size in
+        `batch_sizes` (only formats that can hold the layer's mask; `summary` says why).
+        With an explicit packed format, a layer whose mask cannot take it raises a ValueError
+        naming the layer, before any layer is replaced.
+    include / exclude: which layers, by the selectors sparsekern.prune takes (a glob on the
+        qualified name, a list of globs, or a predicate f(name, module)).
+    batch_sizes: the batch sizes 'auto' times (a decode-only service: (1,)).
+    value_dtype: the dtype weights are stored in; None keeps each layer's weight dtype.
+    progress: show a progress bar (default: when writing to a terminal).
+    plan: {layer name: format}, e.g. sk.summary(model).plan from an earlier run: pins the
+        choices (no timing) for the layers it names.
+
+    Masks attached by sparsekern.prune or torch.nn.utils.prune decide the pattern, else the
+    weights' zeros. nn.MultiheadAttention's out_proj stays an nn.Linear (its parent reads the
+    weight itself), and torch's fused encoder fast path is turned off where it would read a
+    packed weight. A bare nn.Linear as `model` is returned converted.
+    """
+    check_format(format, CHOICES)
+    for name, pinned in (plan or {}).items():
+        check_format(pinned, LAYER_FORMATS)
+    if isinstance(model, nn.Linear):
+        return SparseLinear.from_dense(model, format=format, value_dtype=value_dtype, batch_sizes=batch_sizes)
+    from tqdm.auto import tqdm
+
+    targets = [(parent, attr, name) for parent, attr, name in _linear_children(model)
+               if _selected(name, getattr(parent, attr), include, exclude)]
+    _check_explicit_format(format, [t for t in targets if (plan or {}).get(t[2]) is None])
+    bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
+    for parent, attr, name in bar:
+        bar.set_postfix_str(name, refresh=False)
+        layer_format = (plan or {}).get(name, format)
+        layer = SparseLinear.from_dense(getattr(parent, attr), format=layer_format, value_dtype=value_dtype,
+                                        batch_sizes=batch_sizes)
+        if name in (plan or {}):
+            layer.choice_note = "pinned by plan"
+        setattr(parent, attr, layer)
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            # Layers that stay nn.Linear keep their pruned zeros, without the mask
+            # bookkeeping that would otherwise stop sparsekern.save.
+            prune.finalize(module.out_proj)
+        elif isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
+            _keep_off_fused_encoder(module)
+    return model
+
+
+def _fused_encoder_off(module, args):
+    """Forward pre-hook that changes nothing: its presence is what turns off the fused path."""
+
+
+def _keep_off_fused_encoder(module: nn.Module) -> None:
+    # In eval mode under no_grad, torch's encoder layers take a fused C++ path that reads
+    # linear1.weight / linear2.weight as dense tensors, which a SparseLinear does not have.
+    # Torch skips that path for a layer with forward hooks, and for an encoder stack whose
+    # use_nested_tensor is False; this costs about a microsecond per layer call.
+    if not any(isinstance(m, SparseLinear) for m in module.modules()):
+        return
+    if isinstance(module, nn.TransformerEncoder):
+        module.use_nested_tensor = False
+    elif _fused_encoder_off not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_fused_encoder_off)
