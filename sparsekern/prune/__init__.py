@@ -11,11 +11,12 @@ weight's dtype) and ``weight = weight_orig * weight_mask``. New masks are ANDed 
 existing ones (also ones made by torch.nn.utils.prune), so nothing is ever revived, and
 they stay enforced through any torch.optim optimizer's steps. ``finalize`` bakes them in.
 """
-from ._masks import finalize, global_sparsity, layer_sparsity
+from ._masks import global_sparsity, layer_sparsity
+from .finalize import finalize
+from .l0 import BETA, GAMMA, ZETA, HardConcreteGate, l0_gates, l0_masks, l0_penalty
+from .l1 import l1_penalty, threshold
 from .magnitude import magnitude, random
 from .nm import nm
-from .regularization import GAMMA, BETA, ZETA, HardConcreteGate, l0_gates, l0_masks, l0_penalty, l1_penalty, \
-    threshold
 from .schedule import GradualPruner, cubic_sparsity
 from .sensitivity import SensitivityTable, allocate, sensitivity
 from .structured import structured

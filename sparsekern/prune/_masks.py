@@ -1,5 +1,5 @@
 """Mask plumbing shared by every pruning method: module selection, argument checks,
-score -> mask selection, attaching/combining masks, and finalize.
+score -> mask selection, attaching/combining masks, and sparsity reports.
 
 Convention (the rest of sparsekern relies on it): a pruned module uses
 torch.nn.utils.prune's reparametrization. It has ``weight_orig`` (Parameter),
@@ -23,6 +23,7 @@ from torch.nn.utils import prune as torch_prune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 SCOPES = ("global", "layer", "row")
+REDUCTIONS = ("sum", "mean")  # of the l1 and l0 penalties
 
 # include= / exclude= accept a glob pattern on qualified module names ("encoder.*"),
 # a list of patterns, or a predicate ``f(name, module) -> bool``.
@@ -243,7 +244,7 @@ def prune_by_scores(modules: list[tuple[str, nn.Module]], scores: Mapping[str, t
         apply_mask(module, keep_mask(groups, round(per_layer[name] * groups.shape[1])).view_as(module.weight))
 
 
-# ------------------------------------------------------------------ reports, finalize
+# ------------------------------------------------------------------------- reports
 
 def layer_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
                    types: tuple[type, ...] = (nn.Linear,)) -> dict[str, float]:
@@ -258,15 +259,3 @@ def global_sparsity(model: nn.Module, include: Selector = None, exclude: Selecto
     modules = select(model, include, exclude, types)
     zeros = sum(int((effective_weight(m) == 0).sum()) for _, m in modules)
     return zeros / sum(m.weight.numel() for _, m in modules)
-
-
-def finalize(model: nn.Module) -> nn.Module:
-    """Bake masks into the weights and drop the bookkeeping (``torch.nn.utils.prune.remove``
-    semantics): ``weight`` becomes a plain Parameter holding zeros where pruned. Applies
-    to masks made by sparsekern or torch.nn.utils.prune; L0 gates are first turned into
-    masks (``l0_masks``). Returns ``model``."""
-    from .regularization import gates_to_masks  # lazy: regularization imports this module
-    gates_to_masks(model)
-    for module in model.modules():
-        unmask(module)
-    return model
