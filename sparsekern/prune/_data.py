@@ -1,7 +1,7 @@
 """Calibration-batch helpers shared by the data-driven methods (taylor, wanda, sensitivity)."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,12 +16,14 @@ def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterabl
 
 
 def run_model(model: nn.Module, batch) -> torch.Tensor:
-    """Call ``model`` on a batch: a tensor -> ``model(batch)``, a dict ->
-    ``model(**batch)``, a tuple or list -> ``model(*batch)``."""
+    """Call ``model`` on a batch: a tensor -> ``model(batch)``, a mapping (dict, or a
+    tokenizer's BatchEncoding, a UserDict) -> ``model(**batch)``, a tuple or list ->
+    ``model(*batch)``."""
     if isinstance(batch, torch.Tensor):
         return model(batch)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
-    raise TypeError(f"batch of type {type(batch).__name__}: expected a Tensor, dict, tuple or list")
+    raise TypeError(f"batch of type {type(batch).__name__}: expected a Tensor, a mapping (dict, BatchEncoding), "
+                    "a tuple or a list")
