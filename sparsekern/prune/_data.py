@@ -15,6 +15,15 @@ def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterabl
     return tqdm(iterable, desc=desc, total=total, disable=None, leave=False)
 
 
+def calibration(batches: Iterable, desc: str) -> Iterable:
+    """``progress`` over ``batches``, refusing one mapping (a tokenizer's output) given in
+    place of the iterable of batches: iterating it would yield its keys as batches."""
+    if isinstance(batches, Mapping):
+        raise TypeError(f"batches is one {type(batches).__name__} (keys {list(batches)[:4]}): "
+                        "pass an iterable of batches, e.g. [batch]")
+    return progress(batches, desc)
+
+
 def run_model(model: nn.Module, batch) -> torch.Tensor:
     """Call ``model`` on a batch: a tensor -> ``model(batch)``, a mapping (dict, or a
     tokenizer's BatchEncoding, a UserDict) -> ``model(**batch)``, a tuple or list ->

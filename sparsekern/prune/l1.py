@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._masks import REDUCTIONS, Selector, apply_mask, check_choice, effective_weight, select, weight_param
+from ._masks import REDUCTIONS, apply_mask, check_choice, effective_weight, weight_param
+from ._select import Selector, prunable, select
 
 
 def l1_penalty(model: nn.Module, reduction: str = "sum", *, include: Selector = None,
@@ -20,11 +21,12 @@ def l1_penalty(model: nn.Module, reduction: str = "sum", *, include: Selector = 
 
 
 def threshold(model: nn.Module, value: float, *, include: Selector = None, exclude: Selector = None,
-              types: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
+              types: tuple[type, ...] = (nn.Linear,), prune_tied: bool = False) -> nn.Module:
     """Prune every selected weight with |w| <= ``value`` (after ``l1_penalty`` training;
-    Han et al. 2015). Returns ``model``."""
+    Han et al. 2015). Tied weights are skipped unless ``prune_tied`` (see ``magnitude``).
+    Returns ``model``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"value = {value!r}, expected a threshold >= 0")
-    for _, module in select(model, include, exclude, types):
-        apply_mask(module, effective_weight(module).abs() > value)
+    for name, module in prunable(model, include, exclude, types, prune_tied):
+        apply_mask(module, effective_weight(module).abs() > value, name)
     return model
