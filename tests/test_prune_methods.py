@@ -1,5 +1,7 @@
 """Each method's selection rule, checked exactly on small models."""
 import copy
+from collections import UserDict
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -173,6 +175,32 @@ def test_wanda_dict_batches_and_nm():
     batches = [{"inputs": torch.randn(3, 8), "scale": 2.0} for _ in range(2)]
     prune.wanda(model, batches, n=2, m=4)
     assert (model.proj.weight_mask.reshape(-1, 4).sum(1) == 2).all()
+
+
+class Batch(Mapping):
+    """A read-only mapping that is not a dict, like a tokenizer's output."""
+
+    def __init__(self, **items):
+        self.items_ = items
+
+    def __getitem__(self, key):
+        return self.items_[key]
+
+    def __iter__(self):
+        return iter(self.items_)
+
+    def __len__(self):
+        return len(self.items_)
+
+
+@pytest.mark.parametrize("kind", [Batch, UserDict], ids=["Mapping", "UserDict"])
+def test_wanda_accepts_any_mapping_batch(kind):
+    model = DictModel()
+    batches = [kind(inputs=torch.randn(3, 8), scale=2.0) for _ in range(2)]
+    expected = prune.wanda_scores(model, [dict(batch) for batch in batches])["proj"]
+    assert torch.equal(prune.wanda_scores(model, batches)["proj"], expected)
+    prune.wanda(model, batches, 0.5)
+    assert (model.proj.weight_mask.sum(1) == 4).all()
 
 
 # ------------------------------------------------------------------------- L1 / threshold

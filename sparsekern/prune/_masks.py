@@ -1,5 +1,5 @@
-"""Mask plumbing shared by every pruning method: module selection, argument checks,
-score -> mask selection, attaching/combining masks, and finalize.
+"""Mask plumbing shared by every pruning method: argument checks,
+score -> mask selection, attaching/combining masks, and sparsity reports.
 
 Convention (the rest of sparsekern relies on it): a pruned module uses
 torch.nn.utils.prune's reparametrization. It has ``weight_orig`` (Parameter),
@@ -11,10 +11,10 @@ every torch.optim step (see ``_after_optimizer_step``).
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import math
+import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -22,11 +22,14 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-SCOPES = ("global", "layer", "row")
+from ._select import Selector, select
 
-# include= / exclude= accept a glob pattern on qualified module names ("encoder.*"),
-# a list of patterns, or a predicate ``f(name, module) -> bool``.
-Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
+SCOPES = ("global", "layer", "row")
+REDUCTIONS = ("sum", "mean")  # of the l1 and l0 penalties
+# Default cap on any one layer's sparsity under scope="global": ranking all weights
+# together can otherwise take every weight of a layer whose weights are small (a layer
+# that then outputs only its bias).
+MAX_LAYER_SPARSITY = 0.99
 
 
 # --------------------------------------------------------------------------- checks
@@ -38,35 +41,17 @@ def check_fraction(value, name: str = "sparsity") -> float:
     return float(value)
 
 
+def check_cap(value, name: str = "max_layer_sparsity") -> float:
+    """Return ``value`` as a float in (0, 1] (1 means no cap), else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} = {value!r}, expected a number in (0, 1]")
+    return float(value)
+
+
 def check_choice(value, choices, name: str):
     if value not in choices:
         raise ValueError(f"{name} = {value!r}, expected one of {list(choices)}")
     return value
-
-
-# ------------------------------------------------------------------------ selection
-
-def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
-    if callable(selector):
-        return bool(selector(name, module))
-    patterns = [selector] if isinstance(selector, str) else list(selector)
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def select(model: nn.Module, include: Selector = None, exclude: Selector = None,
-           types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
-    """Modules to prune: every module of ``types`` (default: every nn.Linear) whose
-    qualified name passes ``include`` (default: all) and not ``exclude``.
-    Raises ValueError when nothing is left, since pruning nothing is always a mistake."""
-    chosen = [(name, module) for name, module in model.named_modules()
-              if isinstance(module, types)
-              and (include is None or _matches(include, name, module))
-              and (exclude is None or not _matches(exclude, name, module))]
-    if not chosen:
-        kinds = ", ".join(t.__name__ for t in types)
-        raise ValueError(f"no prunable module ({kinds}) in {type(model).__name__} with "
-                         f"include={include!r}, exclude={exclude!r}")
-    return chosen
 
 
 # ------------------------------------------------------------------- mask accessors
@@ -128,9 +113,10 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
             _MASKED.discard(module)
 
 
-def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
+def apply_mask(module: nn.Module, mask: torch.Tensor, name: str | None = None) -> None:
     """Attach ``mask`` to ``module.weight``, ANDed with any existing mask (ours or one
-    made by torch.nn.utils.prune), so a pruned weight is never revived."""
+    made by torch.nn.utils.prune), so a pruned weight is never revived. Warns, naming
+    the module (``name``, else its type), when this leaves no weight at all."""
     global _hook_handle
     if parametrize.is_parametrized(module, "weight"):
         raise ValueError(f"{type(module).__name__}.weight is parametrized (L0 gates?): "
@@ -138,17 +124,27 @@ def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
     mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
     if mask.shape != module.weight.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
+    was_empty = is_masked(module) and not bool(module.weight_mask.any())
     if is_masked(module):
         with torch.no_grad():
             module.weight_mask.mul_(mask)
     else:
         torch_prune.custom_from_mask(module, "weight", mask)
+    if not was_empty and not bool(module.weight_mask.any()):
+        _warn_emptied(module, name)
     _refresh(module)
     _MASKED.add(module)
     if _enroll not in module._forward_pre_hooks.values():
         module.register_forward_pre_hook(_enroll)
     if _hook_handle is None:
         _hook_handle = register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+def _warn_emptied(module: nn.Module, name: str | None) -> None:
+    output = "only its bias" if getattr(module, "bias", None) is not None else "zeros"
+    warnings.warn(f"{name or type(module).__name__} is now 100% sparse: every weight is pruned, so it outputs "
+                  f"{output} whatever its input. Prune it less: exclude it, give per-layer sparsities with "
+                  "scope='layer', or keep max_layer_sparsity below 1 with scope='global'", stacklevel=3)
 
 
 def unmask(module: nn.Module) -> torch.Tensor | None:
@@ -212,12 +208,49 @@ def masked_scores(scores: Mapping[str, torch.Tensor], name: str, module: nn.Modu
     return score.masked_fill(mask_of(module) == 0, -math.inf)
 
 
+def _at_most(fraction: float, size: int) -> int:
+    """floor(fraction * size), with slack for float error (0.29 * 100 is 28.999...)."""
+    return min(size, math.floor(fraction * size + 1e-6))
+
+
+def _global_drops(masked: dict[str, torch.Tensor], sparsity: float, cap: float) -> dict[str, int]:
+    """How many weights each layer loses so that the round(sparsity * total) lowest
+    scores over all layers go, except that no layer goes beyond ``cap`` of its weights
+    (already-pruned weights count, and stay pruned). Water-filling: rank the uncapped
+    layers together; a layer whose share exceeds its cap is fixed at the cap (a higher
+    threshold would only take more from it) and the others are ranked again for the
+    rest of the budget, until no layer exceeds its cap."""
+    limit = {name: max(_at_most(cap, s.numel()), int((s == -math.inf).sum())) for name, s in masked.items()}
+    total = sum(s.numel() for s in masked.values())
+    budget = round(sparsity * total)
+    if budget > sum(limit.values()):
+        raise ValueError(f"sparsity = {sparsity!r} cannot be reached with max_layer_sparsity = {cap!r}: at most "
+                         f"{sum(limit.values()) / total:.4f} of these weights can be pruned without a layer going "
+                         "beyond it; lower sparsity or raise max_layer_sparsity (1.0 removes the cap)")
+    drops, free = {}, list(masked)
+    while True:
+        flat = torch.cat([masked[name].flatten().cpu() for name in free])[None]
+        dropped = ~keep_mask(flat, budget)[0]
+        counts = {name: int(part.sum()) for name, part in zip(free, dropped.split([masked[n].numel() for n in free]))}
+        over = [name for name in free if counts[name] > limit[name]]
+        if not over:  # at least one layer stays free: the budget never exceeds the free layers' limits
+            return drops | counts
+        for name in over:
+            drops[name] = limit[name]
+            budget -= limit[name]
+            free.remove(name)
+
+
 def prune_by_scores(modules: list[tuple[str, nn.Module]], scores: Mapping[str, torch.Tensor],
-                    sparsity: float | Mapping[str, float], scope: str = "global") -> None:
+                    sparsity: float | Mapping[str, float], scope: str = "global",
+                    max_layer_sparsity: float = MAX_LAYER_SPARSITY) -> None:
     """Mask the lowest-scoring weights. ``scope``: "global" ranks all selected weights
-    together, "layer" ranks within each layer (``sparsity`` may then be a dict
-    name -> sparsity), "row" ranks within each output row (Wanda's comparison group)."""
+    together, but takes no layer beyond ``max_layer_sparsity`` (what a capped layer
+    cannot give is taken from the others); "layer" ranks within each layer
+    (``sparsity`` may then be a dict name -> sparsity), "row" within each output row
+    (Wanda's comparison group)."""
     check_choice(scope, SCOPES, "scope")
+    cap = check_cap(max_layer_sparsity)
     if isinstance(sparsity, Mapping):
         if scope == "global":
             raise ValueError("per-layer sparsity (a dict) needs scope='layer' or 'row', got scope='global'")
@@ -230,20 +263,14 @@ def prune_by_scores(modules: list[tuple[str, nn.Module]], scores: Mapping[str, t
     masked = {name: masked_scores(scores, name, module) for name, module in modules}
 
     if scope == "global":
-        flat = torch.cat([s.flatten().cpu() for s in masked.values()])[None]
-        keep = keep_mask(flat, round(float(sparsity) * flat.numel()))[0]
-        offset = 0
-        for name, module in modules:
-            size = module.weight.numel()
-            apply_mask(module, keep[offset:offset + size].view_as(module.weight))
-            offset += size
-        return
+        drops = _global_drops(masked, float(sparsity), cap)  # validated above, in per_layer
     for name, module in modules:
         groups = masked[name].reshape(module.weight.shape[0] if scope == "row" else 1, -1)
-        apply_mask(module, keep_mask(groups, round(per_layer[name] * groups.shape[1])).view_as(module.weight))
+        drop = drops[name] if scope == "global" else round(per_layer[name] * groups.shape[1])
+        apply_mask(module, keep_mask(groups, drop).view_as(module.weight), name)
 
 
-# ------------------------------------------------------------------ reports, finalize
+# ------------------------------------------------------------------------- reports
 
 def layer_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
                    types: tuple[type, ...] = (nn.Linear,)) -> dict[str, float]:
@@ -258,15 +285,3 @@ def global_sparsity(model: nn.Module, include: Selector = None, exclude: Selecto
     modules = select(model, include, exclude, types)
     zeros = sum(int((effective_weight(m) == 0).sum()) for _, m in modules)
     return zeros / sum(m.weight.numel() for _, m in modules)
-
-
-def finalize(model: nn.Module) -> nn.Module:
-    """Bake masks into the weights and drop the bookkeeping (``torch.nn.utils.prune.remove``
-    semantics): ``weight`` becomes a plain Parameter holding zeros where pruned. Applies
-    to masks made by sparsekern or torch.nn.utils.prune; L0 gates are first turned into
-    masks (``l0_masks``). Returns ``model``."""
-    from .regularization import gates_to_masks  # lazy: regularization imports this module
-    gates_to_masks(model)
-    for module in model.modules():
-        unmask(module)
-    return model

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._masks import Selector, apply_mask, keep_mask, magnitude_scores, masked_scores, select
+from ._masks import apply_mask, keep_mask, magnitude_scores, masked_scores
+from ._select import Selector, prunable
 
 
 def nm(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, torch.Tensor] | None = None, *,
-       include: Selector = None, exclude: Selector = None) -> nn.Module:
+       include: Selector = None, exclude: Selector = None, prune_tied: bool = False) -> nn.Module:
     """Keep the ``n`` highest-scoring of every ``m`` consecutive weights along the input
     dimension of each row (Mishra et al. 2021, "Accelerating Sparse Deep Neural
     Networks"; Zhou et al. 2021, "Learning N:M Fine-grained Structured Sparse Neural
@@ -18,21 +19,30 @@ def nm(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, torch.Tens
 
     scores: {module name: tensor shaped like its weight}, e.g. from ``taylor_scores``
         or ``wanda_scores``; default |w|.
-    Only nn.Linear modules (every one by default, see ``include``/``exclude``).
+    Only nn.Linear modules (every one by default, see ``include``/``exclude``); tied
+    weights are skipped unless ``prune_tied`` (see ``magnitude``).
     Raises ValueError when 1 <= n <= m fails or when a layer's in_features is not a
     multiple of m (no padding: the 2:4 format needs whole groups). Existing masks are
     combined with, so a group may end up with fewer than n nonzeros. Returns ``model``.
     """
+    check_nm(n, m)
+    modules = prunable(model, include, exclude, (nn.Linear,), prune_tied)
+    apply_nm(modules, n, m, magnitude_scores(modules) if scores is None else scores)
+    return model
+
+
+def check_nm(n, m) -> None:
     if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int) \
             or not 1 <= n <= m:
         raise ValueError(f"n = {n!r}, m = {m!r}: expected integers with 1 <= n <= m")
-    modules = select(model, include, exclude, (nn.Linear,))
+
+
+def apply_nm(modules: list[tuple[str, nn.Module]], n: int, m: int, scores: Mapping[str, torch.Tensor]) -> None:
+    """The N:M masks of ``nm`` on already selected modules (shared with ``wanda``).
+    Checks every layer's in_features before masking any."""
     for name, module in modules:
         if module.in_features % m:
             raise ValueError(f"{name}: in_features = {module.in_features} is not a multiple of m = {m}")
-    if scores is None:
-        scores = magnitude_scores(modules)
     for name, module in modules:
         groups = masked_scores(scores, name, module).reshape(-1, m)
-        apply_mask(module, keep_mask(groups, m - n).view_as(module.weight))
-    return model
+        apply_mask(module, keep_mask(groups, m - n).view_as(module.weight), name)

@@ -40,8 +40,8 @@ class GradualPruner:
 
     method: "magnitude", "random", "taylor", "wanda", "structured" (masking, not
         shrinking) or a callable ``f(model, sparsity=s, **method_kwargs)``.
-    method_kwargs: passed on every call (scope=, include=, loss_fn= and batches= for
-        taylor, batches= for wanda, ...).
+    method_kwargs: passed on every call (scope=, include=, prune_tied=,
+        max_layer_sparsity=, loss_fn= and batches= for taylor, batches= for wanda, ...).
     """
 
     def __init__(self, model: nn.Module, method: str | Callable[..., nn.Module] = "magnitude", *,

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ._data import progress
-from ._masks import Selector, check_fraction, restoring, select
+from ._masks import check_fraction, restoring
+from ._select import Selector, prunable
 from .magnitude import magnitude
 
 
@@ -44,15 +45,16 @@ class SensitivityTable:
 def sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float],
                 sparsities: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95), *, higher_is_better: bool = True,
                 include: Selector = None, exclude: Selector = None,
-                types: tuple[type, ...] = (nn.Linear,)) -> SensitivityTable:
+                types: tuple[type, ...] = (nn.Linear,), prune_tied: bool = False) -> SensitivityTable:
     """Prune one layer at a time by magnitude to each of ``sparsities``, evaluate with
     ``eval_fn(model) -> float`` (e.g. validation accuracy), and restore the layer (Han
     et al. 2015, Fig. 6; Li et al. 2017, Sec. 3.2). The model is unchanged afterwards.
-    Feed the table to ``allocate``."""
+    Tied weights are skipped unless ``prune_tied`` (see ``magnitude``). Feed the table
+    to ``allocate``."""
     values = [check_fraction(s, "sparsities[i]") for s in sparsities]
     if not values or sorted(set(values)) != values:
         raise ValueError(f"sparsities = {list(sparsities)!r}, expected a non-empty increasing list")
-    modules = select(model, include, exclude, types)
+    modules = prunable(model, include, exclude, types, prune_tied)
     table = SensitivityTable(values, float(eval_fn(model)), {name: [] for name, _ in modules},
                              {name: module.weight.numel() for name, module in modules}, higher_is_better)
     trials = [(name, module, s) for name, module in modules for s in values]

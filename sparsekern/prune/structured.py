@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._masks import Selector, apply_mask, check_choice, check_fraction, effective_weight, keep_mask, \
-    mask_of, select
+from ._masks import apply_mask, check_choice, check_fraction, effective_weight, keep_mask, mask_of
+from ._select import Selector, prunable
 
 # Modules that act on each feature independently and hold no per-feature state: unit i
 # of the Linear before them only ever reaches unit i after them, so a unit can be
@@ -79,7 +79,7 @@ def _shrink_pair(seq: nn.Sequential, i: int, j: int, keep: torch.Tensor, fold_bi
 
 def structured(model: nn.Module, amount: float, dim: int = 0, norm: int = 2, shrink: bool = False, *,
                include: Selector = None, exclude: Selector = None,
-               types: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
+               types: tuple[type, ...] = (nn.Linear,), prune_tied: bool = False) -> nn.Module:
     """Remove the ``amount`` fraction of units with the lowest L1/L2 weight norm in each
     layer (Li et al. 2017, "Pruning Filters for Efficient ConvNets").
 
@@ -95,18 +95,18 @@ def structured(model: nn.Module, amount: float, dim: int = 0, norm: int = 2, shr
         the constant act(bias_i), which is folded into the next layer's bias. Modules are
         replaced: build the optimizer afterwards. Layers in no such pair (e.g. the
         classifier for dim=0, the first layer for dim=1) are left alone.
-    Returns ``model``.
+    Tied weights are skipped unless ``prune_tied`` (see ``magnitude``). Returns ``model``.
     """
     amount = check_fraction(amount, "amount")
     check_choice(dim, (0, 1), "dim")
     check_choice(norm, (1, 2), "norm")
-    selected = select(model, include, exclude, types)
+    selected = prunable(model, include, exclude, types, prune_tied)
     if not shrink:
-        for _, module in selected:
+        for name, module in selected:
             keep = _unit_keep(effective_weight(module), dim, norm, amount)
             shape = [1] * module.weight.dim()
             shape[dim] = -1
-            apply_mask(module, keep.view(shape).expand_as(module.weight))
+            apply_mask(module, keep.view(shape).expand_as(module.weight), name)
         return model
     selected = {id(module) for _, module in selected}
     pairs = [(seq, i, j) for seq, i, j in _linear_pairs(model) if id(seq[i if dim == 0 else j]) in selected]

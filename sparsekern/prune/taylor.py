@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ._data import progress
-from ._masks import Selector, prune_by_scores, select, weight_param
+from ._data import calibration
+from ._masks import MAX_LAYER_SPARSITY, prune_by_scores, weight_param
+from ._select import Selector, prunable, select
 
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 
@@ -24,7 +25,7 @@ def taylor_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, inclu
     params = [weight_param(module) for _, module in modules]
     scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     seen = 0
-    for batch in progress(batches, "taylor"):
+    for batch in calibration(batches, "taylor"):
         grads = torch.autograd.grad(loss_fn(model, batch), params, allow_unused=True)
         for score, param, grad in zip(scores, params, grads):
             if grad is not None:
@@ -36,12 +37,15 @@ def taylor_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, inclu
 
 
 def taylor(model: nn.Module, loss_fn: LossFn, batches: Iterable, sparsity: float | Mapping[str, float],
-           scope: str = "global", *, include: Selector = None, exclude: Selector = None,
-           types: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
+           scope: str = "global", *, max_layer_sparsity: float = MAX_LAYER_SPARSITY, include: Selector = None,
+           exclude: Selector = None, types: tuple[type, ...] = (nn.Linear,),
+           prune_tied: bool = False) -> nn.Module:
     """Prune the weights with the lowest first-order Taylor importance |w * dL/dw|
     accumulated over ``batches`` (Molchanov et al. 2019). ``loss_fn(model, batch)``
-    returns the loss; ``sparsity`` and ``scope`` as in ``magnitude``. Returns ``model``."""
-    modules = select(model, include, exclude, types)
+    returns the loss; ``sparsity``, ``scope``, ``max_layer_sparsity`` (the cap on any
+    layer under scope="global", default 0.99) and ``prune_tied`` as in ``magnitude``.
+    Returns ``model``."""
+    modules = prunable(model, include, exclude, types, prune_tied)
     scores = taylor_scores(model, loss_fn, batches, include=include, exclude=exclude, types=types)
-    prune_by_scores(modules, scores, sparsity, scope)
+    prune_by_scores(modules, scores, sparsity, scope, max_layer_sparsity)
     return model

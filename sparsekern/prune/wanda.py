@@ -7,9 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ._data import progress, run_model
-from ._masks import Selector, effective_weight, prune_by_scores, select
-from .nm import nm
+from ._data import calibration, run_model
+from ._masks import effective_weight, prune_by_scores
+from ._select import Selector, prunable, select
+from .nm import apply_nm, check_nm
 
 
 @torch.no_grad()
@@ -17,8 +18,9 @@ def wanda_scores(model: nn.Module, batches: Iterable, *, include: Selector = Non
                  exclude: Selector = None) -> dict[str, torch.Tensor]:
     """{nn.Linear name: |W| * ||X_j||_2}, where ||X_j|| is the L2 norm of input feature j
     over every token of every batch (Sun et al. 2024, "A Simple and Effective Pruning
-    Approach for Large Language Models"). Batches: tensor -> model(x), dict ->
-    model(**batch), tuple/list -> model(*batch); the model runs in its current mode.
+    Approach for Large Language Models"). Batches: tensor -> model(x), mapping (dict,
+    a tokenizer's BatchEncoding) -> model(**batch), tuple/list -> model(*batch); the
+    model runs in its current mode.
 
     A Linear whose forward is never called (nn.MultiheadAttention.out_proj is used
     functionally) gets no input statistics: it falls back to |W| with a warning.
@@ -36,7 +38,7 @@ def wanda_scores(model: nn.Module, batches: Iterable, *, include: Selector = Non
     handles = [module.register_forward_pre_hook(collect(name)) for name, module in modules]
     try:
         seen = 0
-        for batch in progress(batches, "wanda"):
+        for batch in calibration(batches, "wanda"):
             run_model(model, batch)
             seen += 1
     finally:
@@ -54,16 +56,21 @@ def wanda_scores(model: nn.Module, batches: Iterable, *, include: Selector = Non
 
 
 def wanda(model: nn.Module, batches: Iterable, sparsity: float | None = None, *, n: int | None = None,
-          m: int | None = None, include: Selector = None, exclude: Selector = None) -> nn.Module:
+          m: int | None = None, include: Selector = None, exclude: Selector = None,
+          prune_tied: bool = False) -> nn.Module:
     """One-shot Wanda pruning (Sun et al. 2024): score |W| * ||X_j||_2 from calibration
     ``batches``, compared within each output row. Give ``sparsity`` (unstructured,
     per row) or ``n`` and ``m`` (N:M along the input dimension). Every nn.Linear by
-    default. Returns ``model``."""
+    default; tied weights are skipped unless ``prune_tied`` (see ``magnitude``).
+    Returns ``model``."""
     if (sparsity is None) == (n is None and m is None) or (n is None) != (m is None):
         raise ValueError(f"give sparsity, or n and m (got sparsity={sparsity!r}, n={n!r}, m={m!r})")
-    modules = select(model, include, exclude, (nn.Linear,))
+    if sparsity is None:
+        check_nm(n, m)
+    modules = prunable(model, include, exclude, (nn.Linear,), prune_tied)
     scores = wanda_scores(model, batches, include=include, exclude=exclude)
     if sparsity is None:
-        return nm(model, n, m, scores=scores, include=include, exclude=exclude)
-    prune_by_scores(modules, scores, sparsity, "row")
+        apply_nm(modules, n, m, scores)
+    else:
+        prune_by_scores(modules, scores, sparsity, "row")
     return model

@@ -1,5 +1,5 @@
-"""Sparsity learned during training: an L1 penalty then thresholding, or L0 via
-hard-concrete gates (Louizos et al. 2018)."""
+"""Sparsity learned during training with L0 regularization: hard-concrete gates on the
+weights (Louizos et al. 2018), then masks from the gates' test-time estimator."""
 from __future__ import annotations
 
 import math
@@ -8,33 +8,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._masks import Selector, apply_mask, check_choice, effective_weight, select, unmask, weight_param
+from ._masks import REDUCTIONS, apply_mask, check_choice, unmask
+from ._select import Selector, prunable
 
 # Hard-concrete stretch interval (gamma, zeta) and temperature beta, as in the paper.
 GAMMA, ZETA, BETA = -0.1, 1.1, 2.0 / 3.0
-REDUCTIONS = ("sum", "mean")
-
-
-def l1_penalty(model: nn.Module, reduction: str = "sum", *, include: Selector = None,
-               exclude: Selector = None, types: tuple[type, ...] = (nn.Linear,)) -> torch.Tensor:
-    """sum (or mean) of |w| over the selected weights, to add to the loss (times a
-    small coefficient) so that unneeded weights shrink towards zero; then prune them
-    with ``threshold`` (Han et al. 2015 compare L1 and L2 regularization for pruning)."""
-    check_choice(reduction, REDUCTIONS, "reduction")
-    weights = [weight_param(module) for _, module in select(model, include, exclude, types)]
-    total = sum(w.abs().sum() for w in weights)
-    return total / sum(w.numel() for w in weights) if reduction == "mean" else total
-
-
-def threshold(model: nn.Module, value: float, *, include: Selector = None, exclude: Selector = None,
-              types: tuple[type, ...] = (nn.Linear,)) -> nn.Module:
-    """Prune every selected weight with |w| <= ``value`` (after ``l1_penalty`` training;
-    Han et al. 2015). Returns ``model``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"value = {value!r}, expected a threshold >= 0")
-    for _, module in select(model, include, exclude, types):
-        apply_mask(module, effective_weight(module).abs() > value)
-    return model
 
 
 class HardConcreteGate(nn.Module):
@@ -72,7 +50,8 @@ class HardConcreteGate(nn.Module):
 
 
 def l0_gates(model: nn.Module, per: str = "weight", init_keep: float = 0.9, *, include: Selector = None,
-             exclude: Selector = None, types: tuple[type, ...] = (nn.Linear,)) -> list[nn.Parameter]:
+             exclude: Selector = None, types: tuple[type, ...] = (nn.Linear,),
+             prune_tied: bool = False) -> list[nn.Parameter]:
     """Attach hard-concrete gates (Louizos et al. 2018) to every selected weight, as a
     ``torch.nn.utils.parametrize`` parametrization: the forward pass and the user's loop
     are unchanged except for adding ``lam * l0_penalty(model)`` to the loss. Build the
@@ -82,12 +61,13 @@ def l0_gates(model: nn.Module, per: str = "weight", init_keep: float = 0.9, *, i
     per: "weight" (one gate per weight) or "neuron" (one per output row / channel).
     init_keep: initial log_alpha = log(init_keep / (1 - init_keep)) (the paper's
         droprate_init = 1 - init_keep). An existing mask is kept inside the gate.
+    Tied weights are skipped unless ``prune_tied`` (see ``magnitude``).
     """
     check_choice(per, ("weight", "neuron"), "per")
     if not 0.0 < init_keep < 1.0:
         raise ValueError(f"init_keep = {init_keep!r}, expected a number in (0, 1)")
     gates = []
-    for name, module in select(model, include, exclude, types):
+    for name, module in prunable(model, include, exclude, types, prune_tied):
         if parametrize.is_parametrized(module, "weight"):
             raise ValueError(f"{name}.weight is already parametrized")
         fixed_mask = unmask(module)
@@ -120,7 +100,7 @@ def gates_to_masks(model: nn.Module) -> int:
     """Replace each gate by the test-time estimator: weight *= z_hat, mask = z_hat > 0.
     Returns how many gates were replaced."""
     count = 0
-    for module in model.modules():
+    for name, module in model.named_modules():
         if not parametrize.is_parametrized(module, "weight"):
             continue
         stack = module.parametrizations.weight
@@ -134,7 +114,7 @@ def gates_to_masks(model: nn.Module) -> int:
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
         module.weight.mul_(z.to(module.weight.dtype))
         mask = (z > 0).expand_as(module.weight)
-        apply_mask(module, mask if gate.fixed_mask is None else mask * gate.fixed_mask)
+        apply_mask(module, mask if gate.fixed_mask is None else mask * gate.fixed_mask, name)
         count += 1
     return count
 

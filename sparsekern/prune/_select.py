@@ -1,0 +1,147 @@
+"""Which modules a pruning method touches, shared by every method: include/exclude
+filtering, tied weights (skipped unless asked for), a warning about linear-like modules
+that no method prunes (transformers' Conv1D), and a clear error on the meta device."""
+from __future__ import annotations
+
+import collections
+import fnmatch
+import warnings
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+# include= / exclude= accept a glob pattern on qualified module names ("encoder.*"),
+# a list of patterns, or a predicate ``f(name, module) -> bool``.
+Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
+
+# Where a module keeps the Parameter behind ``weight``: itself, ``weight_orig`` once
+# masked (torch.nn.utils.prune), the parametrization's ``original`` under L0 gates.
+_WEIGHT_NAMES = ("weight", "weight_orig", "parametrizations.weight.original")
+
+# 2-D weights that are lookup tables, not linear maps.
+_NOT_LINEAR = (nn.Linear, nn.Embedding, nn.EmbeddingBag)
+
+
+def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
+    if callable(selector):
+        return bool(selector(name, module))
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _wanted(name: str, module: nn.Module, include: Selector, exclude: Selector) -> bool:
+    return (include is None or _matches(include, name, module)) \
+        and (exclude is None or not _matches(exclude, name, module))
+
+
+def _qualified(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def tied_weights(model: nn.Module) -> dict[str, list[str]]:
+    """{parameter name: the other names of the same Parameter object} for every
+    parameter registered under more than one qualified name, e.g. GPT-2's
+    {"transformer.wte.weight": ["lm_head.weight"], "lm_head.weight": ["transformer.wte.weight"]}
+    (``named_parameters()`` lists a shared parameter once, under its first name).
+    Pruning, sparsifying or saving one name changes, or must keep, all of them."""
+    names = collections.defaultdict(list)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names[id(param)].append(name)
+    return {name: [other for other in group if other != name]
+            for group in names.values() if len(group) > 1 for name in group}
+
+
+def _looks_linear(module: nn.Module, types: tuple[type, ...]) -> bool:
+    """A linear layer of a type the method does not prune: transformers' Conv1D (GPT-2),
+    recognized by class name so transformers need not be imported, or any module with
+    its own 2-D weight that is not an nn.Linear (nor an embedding)."""
+    if isinstance(module, types) or isinstance(module, _NOT_LINEAR):
+        return False
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" or (weight is not None and getattr(weight, "ndim", 0) == 2)
+
+
+def _lookalike_note(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...]) -> str | None:
+    """A warning naming the linear-like modules that pass include/exclude but are not
+    pruned, or None when there are none."""
+    found = [(name, module) for name, module in model.named_modules()
+             if _looks_linear(module, types) and _wanted(name, module, include, exclude)]
+    if not found:
+        return None
+    counts = collections.Counter(type(module).__name__ for _, module in found)
+    kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items())
+    note = (f"{len(found)} module(s) that look like linear layers are not pruned ({kinds}; first: "
+            f"{found[0][0]!r}): only {_kinds(types)} modules are")
+    if "Conv1D" in counts:
+        note += (". transformers' Conv1D is a linear layer whose weight is stored transposed ([in, out]): "
+                 "replace it by an nn.Linear with weight = conv1d.weight.T to prune and sparsify it")
+    return note
+
+
+def _kinds(types: tuple[type, ...]) -> str:
+    return ", ".join(t.__name__ for t in types)
+
+
+def _nothing_selected(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...],
+                      notes: list[str]) -> ValueError:
+    message = (f"no prunable module ({_kinds(types)}) in {type(model).__name__} with "
+               f"include={include!r}, exclude={exclude!r}")
+    return ValueError("; ".join([message, *notes]))
+
+
+def check_materialized(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> None:
+    """Raise ValueError when a selected module's parameters are on the meta device:
+    they have shapes but no values, and torch's own errors on them are cryptic."""
+    on_meta = [name or type(module).__name__ for name, module in modules
+               if any(p.is_meta for p in module.parameters())]
+    if on_meta:
+        shown = ", ".join(on_meta[:3]) + (f" and {len(on_meta) - 3} more" if len(on_meta) > 3 else "")
+        raise ValueError(
+            f"{type(model).__name__} has weights on the meta device ({shown}): meta tensors have a shape "
+            "but hold no values, so there is nothing to prune or measure. Load the weights first: fill a "
+            "model built on a real device with sparsekern.load(model, path) or model.load_state_dict(...), "
+            "or materialize this one with model.to_empty(device='cpu') and then "
+            "model.load_state_dict(state_dict), and prune after that")
+
+
+def select(model: nn.Module, include: Selector = None, exclude: Selector = None,
+           types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Module]]:
+    """Every module of ``types`` (default: every nn.Linear) whose qualified name passes
+    ``include`` (default: all) and not ``exclude``: what reports and penalties cover.
+    Raises ValueError when nothing is left, since pruning nothing is always a mistake,
+    and when a selected module is on the meta device."""
+    chosen = [(name, module) for name, module in model.named_modules()
+              if isinstance(module, types) and _wanted(name, module, include, exclude)]
+    if not chosen:
+        raise _nothing_selected(model, include, exclude, types, [])
+    check_materialized(model, chosen)
+    return chosen
+
+
+def prunable(model: nn.Module, include: Selector = None, exclude: Selector = None,
+             types: tuple[type, ...] = (nn.Linear,), prune_tied: bool = False) -> list[tuple[str, nn.Module]]:
+    """The modules a pruning method prunes: those of ``select`` minus, unless
+    ``prune_tied``, those whose weight is tied to another parameter (see
+    ``tied_weights``): pruning GPT-2's lm_head would zero the token embedding it
+    shares, which must be asked for. Warns about every tied module it skips and about
+    linear-like modules of other types (transformers' Conv1D), so nothing is skipped
+    silently; raises ValueError, saying why, when nothing is left."""
+    lookalikes = _lookalike_note(model, include, exclude, types)
+    notes = [lookalikes] if lookalikes else []
+    tied = {} if prune_tied else tied_weights(model)
+    kept = []
+    for name, module in model.named_modules():
+        if not isinstance(module, types) or not _wanted(name, module, include, exclude):
+            continue
+        others = next((tied[key] for key in (_qualified(name, w) for w in _WEIGHT_NAMES) if key in tied), None)
+        if others:
+            notes.append(f"{_qualified(name, 'weight')} is tied to {', '.join(others)}: skipped; "
+                         "pass prune_tied=True to prune it")
+        else:
+            kept.append((name, module))
+    if not kept:
+        raise _nothing_selected(model, include, exclude, types, notes)
+    check_materialized(model, kept)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)  # the caller of the pruning method
+    return kept
