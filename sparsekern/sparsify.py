@@ -1,4 +1,5 @@
 """sparsify(model): every selected nn.Linear of a model replaced by a SparseLinear, in place."""
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -6,7 +7,7 @@ from torch import nn
 
 from . import planner, prune
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
-from .prune._masks import Selector, _matches
+from .prune._select import Selector, check_materialized, lookalike_note, tied_weights, wanted
 from .sparse_linear import AUTO, SparseLinear, check_format
 
 CHOICES = (*LAYER_FORMATS, AUTO)
@@ -25,9 +26,19 @@ def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
                 yield parent, attr, f"{parent_name}.{attr}" if parent_name else attr
 
 
-def _selected(name: str, module: nn.Module, include: Selector, exclude: Selector) -> bool:
-    return (include is None or _matches(include, name, module)) and \
-        (exclude is None or not _matches(exclude, name, module))
+def _untied(model: nn.Module, targets: List[Tuple[nn.Module, str, str]]) -> List[Tuple[nn.Module, str, str]]:
+    """The targets whose weight no other parameter shares; the others stay nn.Linear, with a
+    warning: packing GPT-2's lm_head would cut its tie to the token embedding."""
+    ties = tied_weights(model)
+    kept = []
+    for parent, attr, name in targets:
+        others = ties.get(f"{name}.weight")
+        if others:
+            warnings.warn(f"{name}.weight is tied to {', '.join(others)}: {name} stays an nn.Linear "
+                          "(packing it would break the tie)", stacklevel=3)
+        else:
+            kept.append((parent, attr, name))
+    return kept
 
 
 def _check_explicit_format(format: str, targets: List[Tuple[nn.Module, str, str]]) -> None:
@@ -65,8 +76,11 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
 
     Masks attached by sparsekern.prune or torch.nn.utils.prune decide the pattern, else the
     weights' zeros. nn.MultiheadAttention's out_proj stays an nn.Linear (its parent reads the
-    weight itself), and torch's fused encoder fast path is turned off where it would read a
-    packed weight. A bare nn.Linear as `model` is returned converted.
+    weight itself), and so does a Linear whose weight is tied to another parameter (GPT-2's
+    lm_head), with a warning; linear-like modules of other types (transformers' Conv1D) are
+    named in a warning. torch's fused encoder fast path is turned off where it would read a
+    packed weight. A model on the meta device is refused with the way to load it. A bare
+    nn.Linear as `model` is returned converted.
     """
     check_format(format, CHOICES)
     for name, pinned in (plan or {}).items():
@@ -76,7 +90,12 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     from tqdm.auto import tqdm
 
     targets = [(parent, attr, name) for parent, attr, name in _linear_children(model)
-               if _selected(name, getattr(parent, attr), include, exclude)]
+               if wanted(name, getattr(parent, attr), include, exclude)]
+    check_materialized(model, [(name, getattr(parent, attr)) for parent, attr, name in targets])
+    targets = _untied(model, targets)
+    skipped = lookalike_note(model, include, exclude, (nn.Linear, SparseLinear))
+    if skipped:
+        warnings.warn(skipped.replace("are not pruned", "are not sparsified"), stacklevel=2)
     _check_explicit_format(format, [t for t in targets if (plan or {}).get(t[2]) is None])
     bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
     for parent, attr, name in bar:

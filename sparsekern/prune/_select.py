@@ -29,7 +29,7 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _wanted(name: str, module: nn.Module, include: Selector, exclude: Selector) -> bool:
+def wanted(name: str, module: nn.Module, include: Selector, exclude: Selector) -> bool:
     return (include is None or _matches(include, name, module)) \
         and (exclude is None or not _matches(exclude, name, module))
 
@@ -61,11 +61,11 @@ def _looks_linear(module: nn.Module, types: tuple[type, ...]) -> bool:
     return type(module).__name__ == "Conv1D" or (weight is not None and getattr(weight, "ndim", 0) == 2)
 
 
-def _lookalike_note(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...]) -> str | None:
+def lookalike_note(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...]) -> str | None:
     """A warning naming the linear-like modules that pass include/exclude but are not
     pruned, or None when there are none."""
     found = [(name, module) for name, module in model.named_modules()
-             if _looks_linear(module, types) and _wanted(name, module, include, exclude)]
+             if _looks_linear(module, types) and wanted(name, module, include, exclude)]
     if not found:
         return None
     counts = collections.Counter(type(module).__name__ for _, module in found)
@@ -111,7 +111,7 @@ def select(model: nn.Module, include: Selector = None, exclude: Selector = None,
     Raises ValueError when nothing is left, since pruning nothing is always a mistake,
     and when a selected module is on the meta device."""
     chosen = [(name, module) for name, module in model.named_modules()
-              if isinstance(module, types) and _wanted(name, module, include, exclude)]
+              if isinstance(module, types) and wanted(name, module, include, exclude)]
     if not chosen:
         raise _nothing_selected(model, include, exclude, types, [])
     check_materialized(model, chosen)
@@ -126,12 +126,12 @@ def prunable(model: nn.Module, include: Selector = None, exclude: Selector = Non
     shares, which must be asked for. Warns about every tied module it skips and about
     linear-like modules of other types (transformers' Conv1D), so nothing is skipped
     silently; raises ValueError, saying why, when nothing is left."""
-    lookalikes = _lookalike_note(model, include, exclude, types)
+    lookalikes = lookalike_note(model, include, exclude, types)
     notes = [lookalikes] if lookalikes else []
     tied = {} if prune_tied else tied_weights(model)
     kept = []
     for name, module in model.named_modules():
-        if not isinstance(module, types) or not _wanted(name, module, include, exclude):
+        if not isinstance(module, types) or not wanted(name, module, include, exclude):
             continue
         others = next((tied[key] for key in (_qualified(name, w) for w in _WEIGHT_NAMES) if key in tied), None)
         if others:
