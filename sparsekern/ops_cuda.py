@@ -22,7 +22,7 @@ choose_cuda_format is format="auto"'s decision for a layer on a CUDA device.
 """
 import functools
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -238,7 +238,7 @@ _LINEAR_OPS = {"csr": csr_linear_cuda, "2:4": nm24_linear_cuda}
 _cuda_choice_cache: Dict[Tuple, Tuple[str, str]] = {}
 
 
-def _time_cuda(calls: Dict[str, callable], rounds: int = 7, calls_per_round: int = 20) -> Dict[str, float]:
+def _time_cuda(calls: Dict[str, Callable[[], object]], rounds: int = 7, calls_per_round: int = 20) -> Dict[str, float]:
     """Seconds per call of each candidate on the current stream: CUDA events around a loop of
     calls, interleaved over rounds, least disturbed round (the minimum)."""
     for fn in calls.values():  # warm up (and build any cached piece table or compressed weight)
