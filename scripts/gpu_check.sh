@@ -1,42 +1,61 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine (no network needed: Python, torch with CUDA, nvcc, pybind11,
+# One command for a CUDA machine (no network needed: Python with torch for CUDA, nvcc, pybind11,
 # cmake and ninja already installed): builds sparsekern._C with the CUDA kernels in place,
-# runs tests/test_cuda.py, then a quick benchmark (scripts/gpu_bench.py). Writes logs and a
-# summary to $OUT (gpu_summary.txt) when OUT is set. About 2-4 minutes on one H100.
+# runs tests/test_cuda.py, then the GPU benchmark (benchmarks/test_gpu.py). Writes
+# gpu_summary.txt and one log per step to $OUT (default build/gpu_check).
+#
+# Every step is capped at STEP_SECONDS (default 120), so the whole check fits in about 6
+# minutes and leaves time to rerun it. Steps are stopped with SIGINT and Python runs
+# unbuffered, so a stopped step still leaves its log, and the benchmark rows measured so far
+# are already in the summary (each row is written as it is measured).
+#   PYTHON  the interpreter with torch (default python3)
+#   CUDA_ARCH  e.g. 90 (default: the first GPU's compute capability, else 90)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+STEP_SECONDS=${STEP_SECONDS:-120}
 OUT_DIR="${OUT:-build/gpu_check}"
 mkdir -p "$OUT_DIR"
 SUMMARY="$OUT_DIR/gpu_summary.txt"
 : > "$SUMMARY"
 note() { echo "$*" | tee -a "$SUMMARY"; }
+step() { timeout -s INT "$STEP_SECONDS" "$@"; }
+export PYTHONUNBUFFERED=1
 
 command -v nvcc > /dev/null || export PATH="$PATH:/usr/local/cuda/bin"
-note "== gpu_check $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') (+ working tree)"
-note "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -4)"
-note "$(nvcc --version 2>&1 | tail -1)"
-note "$(python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1)"
-
-# Build in place (the checkout's sparsekern/ gets the CUDA _C; `python -m pytest` below puts the
-# checkout first on sys.path). SPARSEKERN_CUDA=on: fail loudly rather than build CPU-only.
 start=$(date +%s)
-if SPARSEKERN_CUDA=on timeout 180 python setup.py -q build_ext --inplace > "$OUT_DIR/build.log" 2>&1; then
-  note "build: ok in $(( $(date +%s) - start )) s"
+note "== gpu_check $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') (+ working tree)"
+note "$(nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 | head -4)"
+note "$(nvcc --version 2>&1 | tail -1)"
+note "$("$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1)"
+arch=${CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')}
+arch=${arch:-90}
+
+# CMake directly (not pip/setup.py: pyproject's license field needs setuptools >= 77). The
+# module lands in the checkout's sparsekern/, which `python -m pytest` imports first.
+# SPARSEKERN_CUDA=on: fail loudly rather than build CPU-only.
+if step cmake -S . -B build/gpu -G Ninja -DPython_EXECUTABLE="$(command -v "$PY")" \
+     -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/sparsekern" \
+     -DSPARSEKERN_CUDA=on -DSPARSEKERN_BUILD_TESTS=OFF -DCMAKE_CUDA_ARCHITECTURES="$arch" > "$OUT_DIR/build.log" 2>&1 &&
+   step cmake --build build/gpu >> "$OUT_DIR/build.log" 2>&1; then
+  note "build: ok (sm_$arch) in $(( $(date +%s) - start )) s"
 else
   note "build: FAILED (exit $?), last lines of build.log:"
   tail -40 "$OUT_DIR/build.log" | tee -a "$SUMMARY"
   exit 1
 fi
-note "$(python -c 'import sparsekern, sys; from sparsekern import _backend as b; print("with_cuda", b._C.with_cuda, "ops_cuda loaded", "sparsekern.ops_cuda" in sys.modules)' 2>&1)"
+note "$("$PY" -c 'import sparsekern, sys; from sparsekern import _backend as b; print("with_cuda", b._C.with_cuda, "ops_cuda loaded", "sparsekern.ops_cuda" in sys.modules)' 2>&1)"
 
 status=0
-timeout 150 python -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --maxfail=20 \
-  > "$OUT_DIR/test_cuda.log" 2>&1 || status=$?
+step "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --maxfail=20 > "$OUT_DIR/test_cuda.log" 2>&1 || status=$?
 note "tests/test_cuda.py: exit $status: $(tail -1 "$OUT_DIR/test_cuda.log")"
 [ "$status" -eq 0 ] || grep -E "^(FAILED|ERROR)|Error|error" "$OUT_DIR/test_cuda.log" | head -30 | tee -a "$SUMMARY"
 
-timeout 150 python scripts/gpu_bench.py --out "$OUT_DIR/bench.txt" > "$OUT_DIR/bench.log" 2>&1 || status=$?
-note "benchmark: $(tail -1 "$OUT_DIR/bench.log" | head -c 200)"
-cat "$OUT_DIR/bench.txt" >> "$SUMMARY" 2>/dev/null || tail -30 "$OUT_DIR/bench.log" | tee -a "$SUMMARY"
+note "benchmark (speedup of sparsekern over each baseline; CUDA graphs, medians):"
+bench=0
+step "$PY" -m pytest benchmarks/test_gpu.py -s -q -p no:cacheprovider 2>&1 | tee "$OUT_DIR/bench.log" |
+  { grep --line-buffered -E '^[0-9]+x[0-9]+-|unavailable|^(FAILED|ERROR)|^gpu ' >> "$SUMMARY" || true; } || bench=$?
+[ "$bench" -eq 0 ] || status=$bench
+note "benchmark: exit $bench: $(tail -1 "$OUT_DIR/bench.log")"
 note "== done in $(( $(date +%s) - start )) s, status $status"
 exit "$status"

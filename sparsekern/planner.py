@@ -69,14 +69,20 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     out_features, in_features = weight.shape
     nnz = int(mask.sum())
     sparsity = 1 - nnz / max(1, weight.numel())
-    if weight.device.type != "cpu":
-        return "dense", f"no sparse kernels chosen for {weight.device.type}"
-    candidates = tuple(name for name, fmt in PACKED_FORMATS.items() if fmt.incompatible(mask) is None)
+    device = weight.device
+    if device.type == "cpu":
+        formats, machine = tuple(PACKED_FORMATS), (_backend.cpu_isa(), torch.get_num_threads())
+    elif device.type == "cuda" and _backend._C.with_cuda:
+        from . import ops_cuda
+        formats, machine = ops_cuda.CUDA_FORMATS, (torch.cuda.get_device_name(device),)
+    else:
+        return "dense", f"no sparse kernels for {device.type}"
+    candidates = tuple(name for name in formats if PACKED_FORMATS[name].incompatible(mask) is None)
     if sparsity < MIN_SPARSITY:
         return "dense", f"sparsity {sparsity:.0%} < {MIN_SPARSITY:.0%}"
     batch_sizes = tuple(batch_sizes)
     key = (out_features, in_features, round(sparsity, 2), weight.dtype, value_dtype, has_bias, candidates,
-           batch_sizes, _backend.cpu_isa(), torch.get_num_threads())
+           batch_sizes, device.type, machine)
     if key not in _format_cache:
         _format_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes)
     return _format_cache[key]
@@ -95,18 +101,24 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
     from . import ops
 
     out_features, in_features = weight.shape
+    device = weight.device
     dense_weight = (weight * mask).contiguous()
-    bias = torch.zeros(out_features, dtype=weight.dtype) if has_bias else None
+    bias = torch.zeros(out_features, dtype=weight.dtype, device=device) if has_bias else None
     packed = {name: PACKED_FORMATS[name].pack(weight, mask, value_dtype) for name in candidates}
     ratios: Dict[str, List[float]] = {name: [] for name in candidates}
+    if device.type == "cuda":
+        from .ops_cuda import paired_ratio as ratio_of
+        run = lambda name, x, tensors: ops.linear_op(name)(x, *tensors, bias, in_features, out_features)  # noqa: E731
+    else:
+        ratio_of = paired_ratio
+        run = lambda name, x, tensors: ops.linear_eager(name, x, tensors, bias, in_features, out_features)  # noqa: E731
     with torch.no_grad():
         for batch in batch_sizes:
-            x = torch.randn(batch, in_features, dtype=weight.dtype)
+            x = torch.randn(batch, in_features, dtype=weight.dtype, device=device)
             for name in candidates:
                 tensors = packed[name]
-                ratios[name].append(paired_ratio(
-                    lambda: F.linear(x, dense_weight, bias),
-                    lambda: ops.linear_eager(name, x, tensors, bias, in_features, out_features)))
+                ratios[name].append(ratio_of(lambda: F.linear(x, dense_weight, bias),
+                                             lambda: run(name, x, tensors)))
     ranked = sorted(candidates, key=lambda name: min(ratios[name]), reverse=True)
     notes = "; ".join(f"{name} measured " + ", ".join(f"{r:.2f}x at batch {b}"
                                                       for r, b in zip(ratios[name], batch_sizes))

@@ -1,36 +1,69 @@
-// CSR x dense for small batches on CUDA cores (see csr_spmm.h, row_groups.cuh).
+// CSR x dense for small batches on CUDA cores (see csr_spmm.h, kernel_common.cuh).
 //
-// Consecutive lanes of a group read consecutive nonzeros, so the index and value streams
-// (the bytes that bound batch 1) are read coalesced; x is gathered through the read-only
-// cache, where a batch tile of rows (BT <= 8, K elements each) stays resident.
+// Each lane loads kCsrChunk consecutive nonzeros at a time (values and indices, one or two
+// vector loads each) and kUnroll chunks per step, all W loads issued before the x gathers
+// that depend on them: enough bytes in flight per SM to approach DRAM bandwidth at batch 1.
+// Consecutive lanes take consecutive chunks, so W is read coalesced; x is gathered through
+// the read-only cache, where a tile of BT batch rows stays resident.
 #include "csr_spmm.h"
-#include "row_groups.cuh"
+#include "kernel_common.cuh"
 
 namespace sparsekern::gpu {
 namespace {
 
+constexpr int kUnroll = 2;
+
 template <typename A, typename V, typename I, int BT>
 __global__ void __launch_bounds__(kBlockThreads)
-csr_spmm_kernel(int64_t rows, const int64_t* __restrict__ row_ptr, const I* __restrict__ col_idx,
-                const V* __restrict__ values, const A* __restrict__ x, int64_t batch,
-                int64_t x_row_stride, const A* __restrict__ bias, A* __restrict__ y, int group_log2) {
-  const RowGroup g = row_group(group_log2);
-  if (g.row >= rows) return;  // whole groups leave together: the shuffles only name their group
-  const int64_t begin = row_ptr[g.row];
-  const int64_t end = row_ptr[g.row + 1];
-  for (int64_t b0 = int64_t(blockIdx.y) * BT; b0 < batch; b0 += int64_t(gridDim.y) * BT) {
-    const int tile_rows = int(batch - b0 < BT ? batch - b0 : BT);
-    const A* xb = x + b0 * x_row_stride;
-    float acc[BT] = {};
-    for (int64_t j = begin + g.lane; j < end; j += g.size) {
-      const int64_t col = int64_t(col_idx[j]);
-      const float v = to_float(values[j]);
+csr_spmm_kernel(CsrMatrix w, DenseArgs a) {
+  const WarpItems warp = warp_items();
+  const V* values = static_cast<const V*>(w.values);
+  const I* col_idx = static_cast<const I*>(w.col_idx);
+  const A* x = static_cast<const A*>(a.x);
+  for (int64_t item = warp.first; item < w.piece_count; item += warp.stride) {
+    const int64_t begin = w.pieces[4 * item], end = w.pieces[4 * item + 1];
+    const int64_t row = w.pieces[4 * item + 2], row_pieces = w.pieces[4 * item + 3];
+    // Chunks are aligned to the buffers: the first may start before `begin`, the last may run
+    // past `end` (even past nnz, within the same aligned chunk, so within mapped memory);
+    // the elements outside begin .. end are never used, their indices never dereferenced.
+    const int64_t first_chunk = begin - begin % kCsrChunk;
+    for (int64_t b0 = 0; b0 < a.batch; b0 += BT) {
+      const int tile_rows = int(a.batch - b0 < BT ? a.batch - b0 : BT);
+      const A* xb = x + b0 * a.x_row_stride;
+      float acc[BT] = {};
+      for (int64_t j0 = first_chunk + kCsrChunk * warp.lane; j0 < end; j0 += kCsrChunk * 32 * kUnroll) {
+        uint32_t vw[kUnroll][kCsrChunk * sizeof(V) / 4];
+        uint32_t iw[kUnroll][kCsrChunk * sizeof(I) / 4];
 #pragma unroll
-      for (int b = 0; b < BT; ++b) {
-        if (b < tile_rows) acc[b] += v * to_float(xb[b * x_row_stride + col]);
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t j = j0 + kCsrChunk * 32 * u;
+          if (j < end) {
+            load_streaming<kCsrChunk * sizeof(V)>(values + j, vw[u]);
+            load_streaming<kCsrChunk * sizeof(I)>(col_idx + j, iw[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t j = j0 + kCsrChunk * 32 * u;
+          if (j >= end) break;
+          float v[kCsrChunk];
+          words_to_floats<V, kCsrChunk>(vw[u], v);
+          I idx[kCsrChunk];
+          memcpy(idx, iw[u], sizeof idx);
+#pragma unroll
+          for (int e = 0; e < kCsrChunk; ++e) {
+            if (j + e < begin || j + e >= end) continue;
+            const int64_t col = int64_t(idx[e]);
+#pragma unroll
+            for (int b = 0; b < BT; ++b) {
+              if (b < tile_rows) acc[b] += v[e] * load_x(xb + b * a.x_row_stride + col);
+            }
+          }
+        }
       }
+      deliver_tile<BT, A>(acc, tile_rows, b0, row, w.rows, row_pieces, a, warp.lane);
     }
-    finish_row<BT>(g, acc, tile_rows, b0, rows, bias, y);
+    finish_piece<A>(row, w.rows, row_pieces, a, warp.lane);
   }
 }
 
@@ -39,12 +72,11 @@ cudaError_t launch(const CsrMatrix& w, const DenseArgs& a, cudaStream_t stream) 
   return dispatch_kernel(a.x_type, w.value_type, a.batch, [&](auto act, auto val, auto tile) {
     using A = typename decltype(act)::type;
     using V = typename decltype(val)::type;
-    constexpr int BT = decltype(tile)::value;
-    const Launch l = plan_launch(w.rows, a.batch, BT, w.rows ? w.nnz / w.rows : 0);
-    csr_spmm_kernel<A, V, I, BT><<<l.grid, kBlockThreads, 0, stream>>>(
-        w.rows, w.row_ptr, static_cast<const I*>(w.col_idx), static_cast<const V*>(w.values),
-        static_cast<const A*>(a.x), a.batch, a.x_row_stride, static_cast<const A*>(a.bias),
-        static_cast<A*>(a.y), l.group_log2);
+    const auto kernel = csr_spmm_kernel<A, V, I, decltype(tile)::value>;
+    unsigned blocks = 0;
+    const cudaError_t e = persistent_grid(kernel, w.piece_count, &blocks);
+    if (e != cudaSuccess) return e;
+    kernel<<<blocks, kBlockThreads, 0, stream>>>(w, a);
     return cudaGetLastError();
   });
 }

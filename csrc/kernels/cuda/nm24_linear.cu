@@ -1,75 +1,98 @@
-// 2:4 x dense for small batches on CUDA cores (see nm24_linear.h, row_groups.cuh).
+// 2:4 x dense for small batches on CUDA cores (see nm24_linear.h, kernel_common.cuh).
 //
-// A lane takes one metadata byte at a time: two groups, 8 columns, 4 stored values, read as
-// one vector load when rows of values are 4-value aligned (cols % 8 == 0). The positions
-// pick 4 of the 8 activations, gathered through the read-only cache as in csr_spmm.cu.
-// Tensor cores (mma.sp) are not used: at 1-32 rows the layer is bound by the bytes of W.
+// A lane takes one chunk of 32 columns at a time: 8 groups, 16 stored values (one or more
+// 16-byte loads) and their 4 metadata bytes (one 32-bit load), 64 bytes of values per step
+// (two chunks of 16-bit values, one of fp32) with every W load issued before the x gathers. That needs cols % 32 == 0 and aligned buffers
+// (the usual layer sizes); other layers take one group per lane, with scalar loads.
+// Tensor cores (mma.sp) are not used: at 1-16 rows the layer is bound by the bytes of W.
+#include "kernel_common.cuh"
 #include "nm24_linear.h"
-#include "row_groups.cuh"
 
 namespace sparsekern::gpu {
 namespace {
 
-struct alignas(8) Half4 { __half2 lo, hi; };
-struct alignas(8) Bf164 { __nv_bfloat162 lo, hi; };
+constexpr int kChunkCols = 32;
+constexpr int kChunkValues = kChunkCols / 2;
+// Chunks per lane per step: 64 bytes of values. More spills registers at batch tile 16.
+template <typename V> constexpr int kUnroll = 64 / (kChunkValues * int(sizeof(V)));
 
-__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
-  const float4 q = *reinterpret_cast<const float4*>(p);
-  v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+template <typename A, int BT>
+__device__ __forceinline__ void add_group(float (&acc)[BT], int tile_rows, const A* xb, int64_t x_row_stride,
+                                          int64_t col0, unsigned nibble, float v0, float v1) {
+  const int64_t c0 = col0 + (nibble & 3), c1 = col0 + (nibble >> 2);
+#pragma unroll
+  for (int b = 0; b < BT; ++b) {
+    if (b < tile_rows) {
+      const A* xr = xb + b * x_row_stride;
+      acc[b] += v0 * load_x(xr + c0) + v1 * load_x(xr + c1);
+    }
+  }
 }
-__device__ __forceinline__ void load4(const __half* p, float (&v)[4]) {
-  const Half4 q = *reinterpret_cast<const Half4*>(p);
-  const float2 lo = __half22float2(q.lo), hi = __half22float2(q.hi);
-  v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
+
+template <typename A, typename V, int BT>
+__device__ __forceinline__ void chunked_row(float (&acc)[BT], int tile_rows, const A* xb, int64_t x_row_stride,
+                                            const V* w, const uint32_t* meta, UnitRange chunks, int lane) {
+  for (int64_t c0 = chunks.begin + lane; c0 < chunks.end; c0 += 32 * kUnroll<V>) {
+    uint32_t vw[kUnroll<V>][kChunkValues * sizeof(V) / 4];
+    uint32_t mw[kUnroll<V>][1];
+#pragma unroll
+    for (int u = 0; u < kUnroll<V>; ++u) {
+      const int64_t c = c0 + 32 * u;
+      if (c < chunks.end) {
+        load_streaming<kChunkValues * sizeof(V)>(w + kChunkValues * c, vw[u]);
+        load_streaming<4>(meta + c, mw[u]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll<V>; ++u) {
+      const int64_t c = c0 + 32 * u;
+      if (c >= chunks.end) break;
+      float v[kChunkValues];
+      words_to_floats<V, kChunkValues>(vw[u], v);
+#pragma unroll
+      for (int g = 0; g < kChunkCols / 4; ++g) {
+        add_group<A, BT>(acc, tile_rows, xb, x_row_stride, kChunkCols * c + 4 * g, (mw[u][0] >> (4 * g)) & 15,
+                         v[2 * g], v[2 * g + 1]);
+      }
+    }
+  }
 }
-__device__ __forceinline__ void load4(const __nv_bfloat16* p, float (&v)[4]) {
-  const Bf164 q = *reinterpret_cast<const Bf164*>(p);
-  const float2 lo = __bfloat1622float2(q.lo), hi = __bfloat1622float2(q.hi);
-  v[0] = lo.x; v[1] = lo.y; v[2] = hi.x; v[3] = hi.y;
+
+template <typename A, typename V, int BT>
+__device__ __forceinline__ void grouped_row(float (&acc)[BT], int tile_rows, const A* xb, int64_t x_row_stride,
+                                            const V* w, const uint8_t* meta, UnitRange groups, int lane) {
+  for (int64_t g = groups.begin + lane; g < groups.end; g += 32) {
+    const float v0 = to_float(__ldcs(w + 2 * g)), v1 = to_float(__ldcs(w + 2 * g + 1));
+    const unsigned nibble = (unsigned(__ldcs(meta + g / 2)) >> (4 * (g % 2))) & 15;
+    add_group<A, BT>(acc, tile_rows, xb, x_row_stride, 4 * g, nibble, v0, v1);
+  }
 }
 
 template <typename A, typename V, int BT>
 __global__ void __launch_bounds__(kBlockThreads)
-nm24_linear_kernel(int64_t rows, int64_t cols, const V* __restrict__ values, const uint8_t* __restrict__ meta,
-                   const A* __restrict__ x, int64_t batch, int64_t x_row_stride, const A* __restrict__ bias,
-                   A* __restrict__ y, int group_log2, bool vector_loads) {
-  const RowGroup g = row_group(group_log2);
-  if (g.row >= rows) return;  // whole groups leave together: the shuffles only name their group
-  const int64_t groups = cols / 4;
-  const int64_t meta_bytes = (groups + 1) / 2;
-  const V* w = values + g.row * (cols / 2);
-  const uint8_t* m = meta + g.row * meta_bytes;
-  for (int64_t b0 = int64_t(blockIdx.y) * BT; b0 < batch; b0 += int64_t(gridDim.y) * BT) {
-    const int tile_rows = int(batch - b0 < BT ? batch - b0 : BT);
-    const A* xb = x + b0 * x_row_stride;
-    float acc[BT] = {};
-    for (int64_t u = g.lane; u < meta_bytes; u += g.size) {
-      const unsigned bits = m[u];
-      // The last byte of a row with an odd number of groups holds one group.
-      const bool both = 2 * u + 1 < groups;
-      float v[4];
-      if (vector_loads) {
-        load4(w + 4 * u, v);
+nm24_linear_kernel(Nm24Matrix w, DenseArgs a, bool chunked) {
+  const WarpItems warp = warp_items();
+  const int64_t value_cols = w.cols / 2, meta_bytes = nm24_meta_bytes(w.cols);
+  const int64_t units = chunked ? w.cols / kChunkCols : w.cols / 4;
+  const A* x = static_cast<const A*>(a.x);
+  for (int64_t item = warp.first; item < w.rows * w.pieces_per_row; item += warp.stride) {
+    const int64_t row = item / w.pieces_per_row;
+    const UnitRange range = piece_range(units, w.pieces_per_row, item % w.pieces_per_row);
+    const V* wr = static_cast<const V*>(w.values) + row * value_cols;
+    const uint8_t* mr = w.meta + row * meta_bytes;
+    for (int64_t b0 = 0; b0 < a.batch; b0 += BT) {
+      const int tile_rows = int(a.batch - b0 < BT ? a.batch - b0 : BT);
+      const A* xb = x + b0 * a.x_row_stride;
+      float acc[BT] = {};
+      if (chunked) {
+        chunked_row<A, V, BT>(acc, tile_rows, xb, a.x_row_stride, wr, reinterpret_cast<const uint32_t*>(mr), range,
+                              warp.lane);
       } else {
-        v[0] = to_float(w[4 * u]);
-        v[1] = to_float(w[4 * u + 1]);
-        v[2] = both ? to_float(w[4 * u + 2]) : 0.0f;
-        v[3] = both ? to_float(w[4 * u + 3]) : 0.0f;
+        grouped_row<A, V, BT>(acc, tile_rows, xb, a.x_row_stride, wr, mr, range, warp.lane);
       }
-      const int64_t c = 8 * u;
-      const int64_t c0 = c + (bits & 3), c1 = c + ((bits >> 2) & 3);
-      const int64_t c2 = c + 4 + ((bits >> 4) & 3), c3 = c + 4 + ((bits >> 6) & 3);
-#pragma unroll
-      for (int b = 0; b < BT; ++b) {
-        if (b < tile_rows) {
-          const A* xr = xb + b * x_row_stride;
-          float s = v[0] * to_float(xr[c0]) + v[1] * to_float(xr[c1]);
-          if (both) s += v[2] * to_float(xr[c2]) + v[3] * to_float(xr[c3]);
-          acc[b] += s;
-        }
-      }
+      deliver_tile<BT, A>(acc, tile_rows, b0, row, w.rows, w.pieces_per_row, a, warp.lane);
     }
-    finish_row<BT>(g, acc, tile_rows, b0, rows, bias, y);
+    finish_piece<A>(row, w.rows, w.pieces_per_row, a, warp.lane);
   }
 }
 
@@ -80,13 +103,15 @@ cudaError_t nm24_linear(const Nm24Matrix& w, const DenseArgs& a, cudaStream_t st
   return dispatch_kernel(a.x_type, w.value_type, a.batch, [&](auto act, auto val, auto tile) {
     using A = typename decltype(act)::type;
     using V = typename decltype(val)::type;
-    constexpr int BT = decltype(tile)::value;
-    const int64_t meta_bytes = nm24_meta_bytes(w.cols);
-    const bool vector_loads = w.cols % 8 == 0 && reinterpret_cast<uintptr_t>(w.values) % (4 * sizeof(V)) == 0;
-    const Launch l = plan_launch(w.rows, a.batch, BT, meta_bytes);
-    nm24_linear_kernel<A, V, BT><<<l.grid, kBlockThreads, 0, stream>>>(
-        w.rows, w.cols, static_cast<const V*>(w.values), w.meta, static_cast<const A*>(a.x), a.batch,
-        a.x_row_stride, static_cast<const A*>(a.bias), static_cast<A*>(a.y), l.group_log2, vector_loads);
+    // Chunks need whole 32-column chunks in every row, so rows of values and of metadata
+    // start aligned when the buffers do.
+    const bool chunked = w.cols % kChunkCols == 0 && reinterpret_cast<uintptr_t>(w.values) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(w.meta) % 4 == 0;
+    const auto kernel = nm24_linear_kernel<A, V, decltype(tile)::value>;
+    unsigned blocks = 0;
+    const cudaError_t e = persistent_grid(kernel, w.rows * w.pieces_per_row, &blocks);
+    if (e != cudaSuccess) return e;
+    kernel<<<blocks, kBlockThreads, 0, stream>>>(w, a, chunked);
     return cudaGetLastError();
   });
 }
