@@ -1,4 +1,4 @@
-"""Whole models, dense vs sparsified: the 8-layer 768<->3072 MLP of ANCHORS.md and a
+"""Whole models, dense vs sparsified: the 8-layer 768<->3072 MLP (BERT-base's MLP shape) and a
 transformer encoder block; plus format='auto' against dense."""
 import copy
 
@@ -14,7 +14,7 @@ from targets import AUTO_MIN_RATIO, MODEL_TARGETS
 
 
 def mlp8() -> nn.Sequential:
-    """8 x Linear alternating 768->3072 and 3072->768, ReLU between (ANCHORS.md)."""
+    """8 x Linear alternating 768->3072 and 3072->768, ReLU between."""
     torch.manual_seed(0)
     layers = []
     for i in range(8):
