@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine (no network needed: Python with torch for CUDA, nvcc, pybind11,
 # cmake and ninja already installed): builds sparsekern._C with the CUDA kernels in place,
-# runs tests/test_cuda.py, then the GPU benchmark (benchmarks/test_gpu.py). Writes
+# runs tests/test_kernels_cuda.py, then the GPU benchmark (benchmarks/test_gpu.py). Writes
 # gpu_summary.txt and one log per step to $OUT (default build/gpu_check).
 #
 # Every step is capped at STEP_SECONDS (default 120), so the whole check fits in about 6
@@ -47,8 +47,8 @@ fi
 note "$("$PY" -c 'import sparsekern, sys; from sparsekern import _backend as b; print("with_cuda", b._C.with_cuda, "ops_cuda loaded", "sparsekern.ops_cuda" in sys.modules)' 2>&1)"
 
 status=0
-step "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --maxfail=20 > "$OUT_DIR/test_cuda.log" 2>&1 || status=$?
-note "tests/test_cuda.py: exit $status: $(tail -1 "$OUT_DIR/test_cuda.log")"
+step "$PY" -m pytest tests/test_kernels_cuda.py -q -rs -p no:cacheprovider --maxfail=20 > "$OUT_DIR/test_cuda.log" 2>&1 || status=$?
+note "tests/test_kernels_cuda.py: exit $status: $(tail -1 "$OUT_DIR/test_cuda.log")"
 [ "$status" -eq 0 ] || grep -E "^(FAILED|ERROR)|Error|error" "$OUT_DIR/test_cuda.log" | head -30 | tee -a "$SUMMARY"
 
 note "benchmark (speedup of sparsekern over each baseline; CUDA graphs, medians):"

@@ -19,7 +19,8 @@ TOLERANCE = {
     torch.float16: 2e-3,
 }
 
-ALL_ISAS = ("scalar", "avx2", "avx512")
+# Every ISA variant in the ISA table (csrc/kernels/cpu/isa_table.h).
+ALL_ISAS = sparsekern._backend.CPU_ISAS
 
 # The directory holding the sparsekern these tests imported: the checkout (built in place) or
 # site-packages (installed).
@@ -66,6 +67,17 @@ def random_sparse_weight(out_features, in_features, density, dtype=torch.float32
     sign = torch.where(torch.rand(out_features, in_features, generator=g) < 0.5, -1.0, 1.0)
     weight = (1 + torch.rand(out_features, in_features, generator=g)) * sign * mask
     return weight.to(dtype), mask
+
+
+def mask_24(out_features, in_features, generator, kept_per_group=None):
+    """A random bool mask keeping 0, 1 or 2 of every 4 inputs (exactly `kept_per_group` if given)."""
+    scores = torch.rand(out_features, in_features // 4, 4, generator=generator)
+    if kept_per_group is None:
+        counts = torch.randint(0, 3, (out_features, in_features // 4, 1), generator=generator)
+    else:
+        counts = torch.full((out_features, in_features // 4, 1), kept_per_group)
+    ranks = scores.argsort(-1).argsort(-1)
+    return (ranks < counts).reshape(out_features, in_features)
 
 
 @pytest.fixture(params=ALL_ISAS)

@@ -11,8 +11,7 @@ import sparsekern as sk
 from sparsekern import _backend
 from sparsekern.formats import csr, nm
 
-from conftest import assert_matches_reference, random_sparse_weight
-from test_nm24_format import mask_24
+from conftest import assert_matches_reference, mask_24, random_sparse_weight
 
 pytestmark = pytest.mark.skipif(not _backend._C.with_cuda,
                                 reason="sparsekern._C was built without CUDA (SPARSEKERN_CUDA=off, or no nvcc found)")

@@ -6,18 +6,7 @@ from hypothesis import strategies as st
 
 from sparsekern.formats import nm
 
-from conftest import random_sparse_weight
-
-
-def mask_24(out_features, in_features, generator, kept_per_group=None):
-    """A random bool mask keeping 0, 1 or 2 of every 4 inputs (exactly `kept_per_group` if given)."""
-    scores = torch.rand(out_features, in_features // 4, 4, generator=generator)
-    if kept_per_group is None:
-        counts = torch.randint(0, 3, (out_features, in_features // 4, 1), generator=generator)
-    else:
-        counts = torch.full((out_features, in_features // 4, 1), kept_per_group)
-    ranks = scores.argsort(-1).argsort(-1)
-    return (ranks < counts).reshape(out_features, in_features)
+from conftest import mask_24, random_sparse_weight
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,8 +8,7 @@ import sparsekern as sk
 from sparsekern import ops
 from sparsekern.formats import nm
 
-from conftest import assert_matches_reference, random_sparse_weight
-from test_nm24_format import mask_24
+from conftest import assert_matches_reference, mask_24, random_sparse_weight
 
 
 def case_24(out_features, in_features, seed=0, value_dtype=torch.float32, kept_per_group=None):
