@@ -30,3 +30,6 @@ BF16_TARGETS = {"4096x4096-s0.9-b1": 1.3, "4096x4096-2:4-b1": 1.3, "11008x4096-2
 MODEL_TARGETS = {"mlp8-s0.9-b1": 4.0, "mlp8-s0.9-b64": 6.5}
 # format="auto" is never more than 5% slower than dense.
 AUTO_MIN_RATIO = 0.95
+# Per call at batch 1, fp32, hot: SparseLinear (csr) against nn.Linear holding the masked weights.
+OVERHEAD_TARGETS = {"64x64-s0.95-b1-fp32-hot": 1.0, "512x512-s0.95-b1-fp32-hot": 2.0,
+                    "768x768-s0.9-b1-fp32-hot": 2.0}

@@ -74,20 +74,29 @@ def run_kernel(kernel, x: Tensor, bias: Optional[Tensor], in_features: int, out_
                isa: Optional[str] = None) -> Tensor:
     """y = x @ W.T + bias through a compiled kernel object (formats' `kernel`), for CPU x of a
     kernel dtype and bias already as `kernel_bias` makes it. isa: force a variant by name
-    (tests); default the planner's choice for this batch and dtype."""
+    (tests); default the planner's choice for this batch and dtype.
+
+    The per-call path of every eager layer: a microsecond here is a tenth of a small layer."""
     x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
-    if x2.dtype in _WIDENED_ACTIVATIONS:
+    dtype = x2.dtype
+    if dtype in _WIDENED_ACTIVATIONS:
         x2 = x2.to(torch.float32)
+        dtype = torch.float32
     batch = x2.shape[0]
-    # Rows at a unit column stride, each at least a row apart (a broadcast or transposed x is copied).
-    if x2.stride(-1) != 1 or (batch > 1 and x2.stride(0) < in_features):
-        x2 = x2.contiguous()
-    y = torch.empty((batch, out_features), dtype=x2.dtype)
-    isa_number = planner.kernel_isa(batch, x2.dtype) if isa is None else planner.forced_isa(isa)
-    kernel.run(isa_number, x2.data_ptr(), KERNEL_ACTIVATIONS[x2.dtype], batch,
-               x2.stride(0) if batch > 1 else in_features, bias.data_ptr() if bias is not None else 0,
-               y.data_ptr(), torch.get_num_threads())
-    if y.dtype != x.dtype:
+    # Rows at a unit column stride, each at least a row apart (a broadcast or transposed x is
+    # copied); the common contiguous case costs one check.
+    row_stride = in_features
+    if not x2.is_contiguous():
+        if x2.stride(-1) != 1 or (batch > 1 and x2.stride(0) < in_features):
+            x2 = x2.contiguous()
+        elif batch > 1:
+            row_stride = x2.stride(0)
+    # Positional sizes: torch.empty with a dtype keyword costs 0.5 us more.
+    y = torch.empty(batch, out_features) if dtype is torch.float32 else torch.empty(batch, out_features, dtype=dtype)
+    kernel.run(planner.kernel_isa(batch, dtype) if isa is None else planner.forced_isa(isa), x2.data_ptr(),
+               KERNEL_ACTIVATIONS[dtype], batch, row_stride, 0 if bias is None else bias.data_ptr(), y.data_ptr(),
+               torch.get_num_threads())
+    if dtype is not x.dtype:
         y = y.to(x.dtype)
     return y if x.ndim == 2 else y.reshape(*x.shape[:-1], out_features)
 

@@ -42,8 +42,10 @@ def _isa_for(bucket: int, act_dtype: torch.dtype) -> int:
     return _backend.isa_index(_backend.cpu_isa())
 
 
+@lru_cache(maxsize=1024)
 def kernel_isa(batch: int, act_dtype: torch.dtype) -> int:
-    """The number of the ISA variant that runs a call of this batch size and activation dtype."""
+    """The number of the ISA variant that runs a call of this batch size and activation dtype
+    (cached per batch size: it is on every call's path)."""
     return _isa_for(batch_bucket(batch), act_dtype)
 
 

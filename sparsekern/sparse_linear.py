@@ -94,7 +94,9 @@ class SparseLinear(nn.Module):
 
     def _set_packed(self, tensors: tuple) -> None:
         """Installs a packed format's tensors: 'values' as a Parameter, the rest as buffers."""
-        for name, t in zip(PACKED_FORMATS[self.format].layout._fields, tensors):
+        fields = PACKED_FORMATS[self.format].layout._fields
+        self._buffer_fields = tuple(name for name in fields if name != "values")
+        for name, t in zip(fields, tensors):
             if name == "values":
                 self.values = nn.Parameter(t)
             else:
@@ -152,37 +154,49 @@ class SparseLinear(nn.Module):
 
     def _use_eager_kernel(self, x: torch.Tensor) -> bool:
         # Skip the dispatcher only for plain CPU tensors, outside tracing, with no autograd
-        # graph (other devices reach their kernels through the dispatcher).
+        # graph to record (other devices reach their kernels through the dispatcher).
         if type(x) is not torch.Tensor or not x.is_cpu or torch.compiler.is_compiling() or \
                 torch.jit.is_tracing():
             return False
-        if not torch.is_grad_enabled():
-            return True
-        bias = self._parameters["bias"]
-        return not (x.requires_grad or self._parameters["values"].requires_grad or
-                    (bias is not None and bias.requires_grad))
+        if not torch.is_grad_enabled() or not (x.requires_grad or self._parameters["values"].requires_grad):
+            bias = self._parameters["bias"]
+            return not torch.is_grad_enabled() or bias is None or not bias.requires_grad
+        return False
+
+    def _handle_key(self) -> tuple:
+        """What the cached kernel depends on: each packed tensor's address and size, and the
+        bias's address and version. Any replaced buffer (assignment, load_state_dict,
+        .to(), _apply) changes an address; the size check stops a new tensor at a recycled
+        address from passing for the old one; the version catches in-place bias updates (the
+        kernel reads a float32 copy of a bf16 bias)."""
+        values, bias, buffers = self._parameters["values"], self._parameters["bias"], self._buffers
+        key = [values.data_ptr(), values.numel()]
+        for name in self._buffer_fields:
+            t = buffers[name]
+            key.append(t.data_ptr())
+            key.append(t.numel())
+        if bias is not None:
+            key.append(bias.data_ptr())
+            key.append(bias._version)
+        return tuple(key)
 
     def _kernel_handle(self) -> Optional[_KernelHandle]:
-        """The compiled kernel over this layer's tensors, rebuilt whenever one of them was
-        replaced (assignment, load_state_dict, .to(), _apply) or the bias changed; None when
-        the kernels do not take the stored dtypes. Keyed by each tensor's address and size, so
-        a new tensor at a recycled address with another size cannot pass for the old one."""
-        tensors = self._packed_tensors()
-        bias = self._parameters["bias"]
-        key = (tuple((t.data_ptr(), t.shape) for t in tensors),
-               None if bias is None else (bias.data_ptr(), bias.dtype, bias._version))
+        """The compiled kernel over this layer's tensors (checked when built, not per call),
+        rebuilt whenever _handle_key changes; None when the kernels do not take the stored
+        dtypes or device."""
+        key = self._handle_key()
         handle = self._handle
         if handle is not None and handle.key == key:
             return handle
         fmt = PACKED_FORMATS[self.format]
-        packed = fmt.layout(*tensors)
+        packed = fmt.layout(*self._packed_tensors())
         if not (packed.values.is_cpu and packed.values.dtype in KERNEL_VALUE_TYPES and
-                all(t.is_contiguous() for t in tensors)):
+                all(t.is_contiguous() for t in packed)):
             self._handle = None
             return None
         fmt.check_tensors(packed, self.in_features, self.out_features)
         self._handle = _KernelHandle(key, fmt.kernel(packed, self.in_features, self.out_features),
-                                     ops.kernel_bias(bias))
+                                     ops.kernel_bias(self._parameters["bias"]))
         return self._handle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,7 +204,7 @@ class SparseLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         if self._use_eager_kernel(x):
             # The fast path: one compiled call on the cached kernel, after the checks that
-            # depend on x alone (the layer's own tensors were checked when the handle was built).
+            # depend on x alone (the layer's own tensors were checked when the kernel was built).
             handle = self._kernel_handle()
             if handle is not None and x.ndim >= 1 and x.shape[-1] == self.in_features and \
                     x.dtype in ops.ACTIVATION_DTYPES:

@@ -252,3 +252,47 @@ def test_sparsified_encoder_stack_with_padding_mask_runs_unfused():
         got = encoder(x, src_key_padding_mask=padding)
     # Only unpadded positions are defined: torch's fused path writes zeros at padded ones.
     torch.testing.assert_close(got[~padding], expected[~padding], rtol=1e-4, atol=1e-5)
+
+
+def dense_of(layer):
+    return layer.dense_weight().to(torch.float32), None if layer.bias is None else layer.bias.float()
+
+
+@pytest.mark.parametrize("fmt", ["csr", "2:4"])
+def test_cached_kernel_never_goes_stale(fmt):
+    """The fast path's cached kernel object follows every way a layer's tensors change."""
+    import io
+
+    def fresh(seed):
+        linear = nn.Linear(32, 8)
+        torch.manual_seed(seed)
+        sk.prune.nm(linear, 2, 4) if fmt == "2:4" else sk.prune.magnitude(linear, sparsity=0.7)
+        return sk.SparseLinear.from_dense(linear, format=fmt)
+
+    def check(layer):
+        with torch.no_grad():
+            y = layer(x)
+        weight, bias = dense_of(layer)
+        assert_matches_reference(y.float(), x.to(y.dtype).float(), weight, bias)
+
+    layer, other = fresh(0), fresh(1)
+    x = torch.randn(3, 32)
+    check(layer)
+    layer.load_state_dict(other.state_dict())          # buffers replaced (CSR) or copied into
+    check(layer)
+    layer.values = nn.Parameter(layer.values.detach() * 2)  # assignment
+    check(layer)
+    with torch.no_grad():
+        layer.bias.mul_(3)                              # in-place update of the bias
+        layer.values.mul_(-1)
+    check(layer)
+    layer.to(torch.bfloat16)                            # _apply: every tensor replaced
+    check(layer)
+    with torch.no_grad():
+        layer.bias.add_(1)                              # a bf16 bias is read through a cached fp32 copy
+    check(layer)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for copy_ in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        check(copy_)

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,9 @@ void check_shape(int64_t rows, int64_t cols) {
   if (rows < 0 || cols < 0) fail("negative size: rows = ", rows, ", cols = ", cols);
 }
 
+// Output elements from which run() releases the GIL.
+constexpr int64_t kReleaseGilFrom = 4096;
+
 // One packed weight and its family's kernels.
 template <typename Family>
 struct LinearKernel {
@@ -110,8 +114,11 @@ struct LinearKernel {
     const cpu::Isa isa = runnable_isa(isa_index);
     cpu::DenseArgs a = dense_args(w.rows, w.cols, x, act_type, batch, x_row_stride, bias, y, num_threads);
     if (batch == 0 || w.rows == 0) return;
-    py::gil_scoped_release no_gil;
     a.workspace = thread_workspace(cpu::workspace_floats(isa, w, batch, a.act_type, num_threads));
+    // Other Python threads may run meanwhile, unless the product is too small to repay
+    // giving up and taking back the GIL.
+    std::optional<py::gil_scoped_release> no_gil;
+    if (w.rows * batch >= kReleaseGilFrom) no_gil.emplace();
     cpu::linear(isa, w, a);
   }
 };

@@ -13,7 +13,7 @@ void csr_spmm_scalar_typed(const CsrMatrix& w, const DenseArgs& a) {
   const auto* cols = static_cast<const IndexT*>(w.col_idx);
   const auto* values = static_cast<const ValueT*>(w.values);
   const int parts = useful_threads(w.row_ptr[w.rows], a.batch, a.num_threads);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
+#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
   for (int part = 0; part < parts; ++part) {
     const int64_t r0 = nnz_balanced_row(w.row_ptr, w.rows, part, parts);
     const int64_t r1 = nnz_balanced_row(w.row_ptr, w.rows, part + 1, parts);
