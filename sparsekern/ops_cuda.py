@@ -18,12 +18,11 @@ float64 takes torch's own paths. Work is enqueued on torch's current stream of x
 nothing synchronizes, except the first call for a CSR weight (see csr_pieces), so make one
 call before capturing a CUDA graph.
 
-CUDA_FORMATS and paired_ratio serve the planner's format="auto" choice on a CUDA device.
+CUDA_FORMATS and paired_ratios serve the planner's format="auto" choice on a CUDA device.
 """
 import functools
-import statistics
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -236,10 +235,10 @@ torch.library.register_kernel("sparsekern::nm24_linear", "cuda", nm24_linear_cud
 CUDA_FORMATS = ("csr", "2:4")
 
 
-def paired_ratio(dense: Callable[[], object], candidate: Callable[[], object], rounds: int = 7,
-                 calls_per_round: int = 20) -> float:
-    """How many times faster `candidate` runs than `dense` on the current stream: CUDA events
-    around a loop of calls, the two interleaved over rounds, the median of per-round ratios."""
+def paired_ratios(dense: Callable[[], object], candidate: Callable[[], object], rounds: int = 7,
+                  calls_per_round: int = 20) -> List[float]:
+    """How many times faster `candidate` ran than `dense` on the current stream in each round:
+    CUDA events around a loop of calls, the two interleaved over rounds."""
     for fn in (dense, candidate):  # warm up (and build any cached piece table or compressed weight)
         fn()
     torch.cuda.synchronize()
@@ -255,4 +254,4 @@ def paired_ratio(dense: Callable[[], object], candidate: Callable[[], object], r
             end.synchronize()
             seconds.append(start.elapsed_time(end))
         ratios.append(seconds[0] / seconds[1])
-    return statistics.median(ratios)
+    return ratios

@@ -8,10 +8,14 @@
   every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
   at the batch sizes asked for, each candidate paired with dense alone.
 
-Choices are cached in-process, keyed by everything they depend on.
+Choices are cached, keyed by everything they depend on; format choices also on disk.
 """
+import json
+import os
+import platform
 import statistics
 from functools import lru_cache
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -59,7 +63,60 @@ def forced_isa(name: str) -> int:
 
 # ---- format choice -----------------------------------------------------------------------------
 
-_format_cache: Dict[tuple, Tuple[str, str]] = {}
+# A measured ratio whose rounds spread wider than this (interquartile range over median), or
+# that exceeds the layer's ceiling, is measured again, up to MAX_REMEASURES more times.
+MAX_SPREAD = 0.25
+MAX_REMEASURES = 2
+# A ratio above CEILING_SLACK x max(dense bytes / packed bytes, 1 / density) is implausible:
+# neither bytes nor arithmetic can explain it (cache effects give up to about 2x), so some
+# other process must have hit the dense calls.
+CEILING_SLACK = 3.0
+CACHE_ENV = "SPARSEKERN_CACHE_DIR"
+
+_format_cache: Dict[str, Tuple[str, str]] = {}
+_disk_loaded = False
+
+
+def cache_path() -> Path:
+    """Where format choices persist between processes: $SPARSEKERN_CACHE_DIR, else
+    $XDG_CACHE_HOME/sparsekern, else ~/.cache/sparsekern (one JSON file)."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sparsekern")
+    return Path(root) / "format_choices.json"
+
+
+def _load_disk_cache() -> None:
+    global _disk_loaded
+    if _disk_loaded:
+        return
+    _disk_loaded = True
+    try:
+        stored = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return  # no cache yet, or a damaged one: measure again
+    if isinstance(stored, dict):
+        _format_cache.update({k: tuple(v) for k, v in stored.items()
+                              if isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) for p in v)})
+
+
+def _save_disk_cache() -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(_format_cache, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the in-process cache still holds the choice
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, value_dtype: Optional[torch.dtype],
@@ -67,13 +124,15 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     """(format, why): the packed format that measured fastest against dense at every batch
     size in `batch_sizes`, on this machine, with this layer's shape, sparsity and dtypes, if it
     beat dense by WIN_MARGIN everywhere; else 'dense'. Only formats that can hold the mask
-    are candidates."""
+    are candidates. Choices persist on disk (cache_path()), keyed by the machine (CPU model,
+    ISA, threads, or GPU), shape, sparsity, dtypes, batch sizes and candidates, so the same
+    layer gets the same choice on the same machine."""
     out_features, in_features = weight.shape
     nnz = int(mask.sum())
     sparsity = 1 - nnz / max(1, weight.numel())
     device = weight.device
     if device.type == "cpu":
-        formats, machine = tuple(PACKED_FORMATS), (_backend.cpu_isa(), torch.get_num_threads())
+        formats, machine = tuple(PACKED_FORMATS), (cpu_model(), _backend.cpu_isa(), torch.get_num_threads())
     elif device.type == "cuda" and _backend._C.with_cuda:
         from . import ops_cuda
         formats, machine = ops_cuda.CUDA_FORMATS, (torch.cuda.get_device_name(device),)
@@ -83,20 +142,46 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     if sparsity < MIN_SPARSITY:
         return "dense", f"sparsity {sparsity:.0%} < {MIN_SPARSITY:.0%}"
     batch_sizes = tuple(batch_sizes)
-    key = (out_features, in_features, round(sparsity, 2), weight.dtype, value_dtype, has_bias, candidates,
-           batch_sizes, device.type, machine)
+    key = json.dumps([out_features, in_features, round(sparsity, 2), str(weight.dtype), str(value_dtype), has_bias,
+                      candidates, batch_sizes, device.type, machine])
+    _load_disk_cache()
     if key not in _format_cache:
         _format_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes)
+        _save_disk_cache()
     return _format_cache[key]
 
 
-def paired_ratio(dense, candidate, rounds: int = 9, round_seconds: float = 0.003) -> float:
-    """How many times faster `candidate` runs than `dense`: the median over rounds of the
-    ratio within each round. The two run alone, side by side (a third candidate in the same
-    rounds slows the others), and a round's ratio compares calls made moments apart, so load
-    from other processes cancels unless it hits one call of the pair."""
+def paired_ratios(dense, candidate, rounds: int = 9, round_seconds: float = 0.003) -> List[float]:
+    """How many times faster `candidate` ran than `dense` in each of `rounds` rounds. The two
+    run alone, side by side (a third candidate in the same rounds slows the others), and a
+    round's ratio compares calls made moments apart, so load from other processes cancels
+    unless it hits one call of the pair."""
     times = timing.time_rounds({"dense": dense, "candidate": candidate}, rounds=rounds, round_seconds=round_seconds)
-    return statistics.median(d / c for d, c in zip(times["dense"], times["candidate"]))
+    return [d / c for d, c in zip(times["dense"], times["candidate"])]
+
+
+def robust_ratio(measure, ceiling: float) -> float:
+    """The median of `measure()`'s per-round ratios, from the first measurement whose rounds
+    agree (spread at most MAX_SPREAD) and whose median is plausible (at most `ceiling`); up to
+    MAX_REMEASURES more measurements are taken. Failing that, the median of the plausible
+    measurements' medians, or the lowest median if none was plausible."""
+    medians = []
+    for _ in range(1 + MAX_REMEASURES):
+        samples = measure()
+        median = statistics.median(samples)
+        q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (median,) * 3
+        if median <= ceiling and (q3 - q1) <= MAX_SPREAD * median:
+            return median
+        medians.append(median)
+    plausible = [m for m in medians if m <= ceiling]
+    return statistics.median(plausible) if plausible else min(medians)
+
+
+def ratio_ceiling(weight: torch.Tensor, tensors, nnz: int) -> float:
+    """CEILING_SLACK x the most a format can gain: its bytes against dense, or its arithmetic."""
+    dense_bytes = weight.numel() * weight.element_size()
+    packed_bytes = max(1, sum(t.numel() * t.element_size() for t in tensors))
+    return CEILING_SLACK * max(dense_bytes / packed_bytes, weight.numel() / max(nnz, 1))
 
 
 def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes) -> Tuple[str, str]:
@@ -107,20 +192,22 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
     dense_weight = (weight * mask).contiguous()
     bias = torch.zeros(out_features, dtype=weight.dtype, device=device) if has_bias else None
     packed = {name: PACKED_FORMATS[name].pack(weight, mask, value_dtype) for name in candidates}
+    nnz = int(mask.sum())
     ratios: Dict[str, List[float]] = {name: [] for name in candidates}
     if device.type == "cuda":
-        from .ops_cuda import paired_ratio as ratio_of
+        from .ops_cuda import paired_ratios as ratios_of
         run = lambda name, x, tensors: ops.linear_op(name)(x, *tensors, bias, in_features, out_features)  # noqa: E731
     else:
-        ratio_of = paired_ratio
+        ratios_of = paired_ratios
         run = lambda name, x, tensors: ops.linear_eager(name, x, tensors, bias, in_features, out_features)  # noqa: E731
     with torch.no_grad():
         for batch in batch_sizes:
             x = torch.randn(batch, in_features, dtype=weight.dtype, device=device)
             for name in candidates:
                 tensors = packed[name]
-                ratios[name].append(ratio_of(lambda: F.linear(x, dense_weight, bias),
-                                             lambda: run(name, x, tensors)))
+                ratios[name].append(robust_ratio(
+                    lambda: ratios_of(lambda: F.linear(x, dense_weight, bias), lambda: run(name, x, tensors)),
+                    ratio_ceiling(weight, tensors, nnz)))
     ranked = sorted(candidates, key=lambda name: min(ratios[name]), reverse=True)
     notes = "; ".join(f"{name} measured " + ", ".join(f"{r:.2f}x at batch {b}"
                                                       for r, b in zip(ratios[name], batch_sizes))

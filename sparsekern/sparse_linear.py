@@ -51,6 +51,10 @@ class SparseLinear(nn.Module):
             self._set_packed(PACKED_FORMATS[format].skeleton((out_features, in_features), nnz, dtype, device))
         else:
             self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=dtype, device=device))
+            # The pruning pattern of a dense-format layer: not saved (the stored zeros are the
+            # pattern), kept so that fine-tuning cannot regrow pruned weights.
+            self.register_buffer("keep_mask", torch.ones(out_features, in_features, dtype=torch.bool,
+                                                           device=device), persistent=False)
         # Registered even when absent (as nn.Linear does), so forward() can read _parameters.
         self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
                                 if bias else None)
@@ -69,6 +73,10 @@ class SparseLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense takes an nn.Linear, got {type(linear).__name__}")
         check_format(format, (*LAYER_FORMATS, AUTO))
+        if linear.weight.is_meta:
+            raise ValueError("from_dense got a Linear on the meta device: meta tensors have a shape but no "
+                             "values to pack. Load the weights first, or build the model on a real device "
+                             "and fill it with sparsekern.load(model, path)")
         # Under a pruning reparametrization `weight` is only refreshed by forward(): read the
         # parameter the optimizer updates and the mask itself.
         weight = getattr(linear, "weight_orig", linear.weight).detach()
@@ -87,6 +95,7 @@ class SparseLinear(nn.Module):
                 layer._set_packed(PACKED_FORMATS[format].pack(weight, mask, value_dtype))
             else:
                 layer.weight.copy_(weight * mask)
+                layer.keep_mask.copy_(mask)
             if has_bias:
                 layer.bias.copy_(linear.bias.detach())
         layer.choice_note = note
@@ -201,7 +210,12 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.format == "dense":
-            return F.linear(x, self.weight, self.bias)
+            weight = self.weight
+            if weight.requires_grad and torch.is_grad_enabled():
+                # Zero gradients where pruned: with zero weights there, no torch.optim step
+                # (momentum, Adam, weight decay) moves them, as packed formats guarantee.
+                weight = torch.where(self.keep_mask, weight, 0)
+            return F.linear(x, weight, self.bias)
         if self._use_eager_kernel(x):
             # The fast path: one compiled call on the cached kernel, after the checks that
             # depend on x alone (the layer's own tensors were checked when the kernel was built).
@@ -231,7 +245,23 @@ class SparseLinear(nn.Module):
         state["_handle"] = None
         return state
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The declared shape and format travel in the state_dict's metadata (torch keeps it
+        # through torch.save), so loading can refuse another layer's state: a CSR of a
+        # narrower layer is otherwise a valid CSR of this one.
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None and prefix[:-1] in metadata:
+            metadata[prefix[:-1]].update(format=self.format, in_features=self.in_features,
+                                         out_features=self.out_features)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        declared = {key: local_metadata[key] for key in ("format", "in_features", "out_features")
+                    if key in local_metadata}
+        mine = {"format": self.format, "in_features": self.in_features, "out_features": self.out_features}
+        if any(declared[key] != mine[key] for key in declared):
+            raise ValueError(f"{prefix or 'state_dict'}: the state is of a SparseLinear with {declared}, "
+                             f"this layer has {mine}")
         # A skeleton's buffers take the incoming nnz and index dtype; everything is validated
         # first, since a state_dict may come from a file.
         packed = PACKED_FORMATS.get(self.format)
@@ -245,4 +275,6 @@ class SparseLinear(nn.Module):
             if self.values.shape != incoming.values.shape:
                 self.values = nn.Parameter(torch.empty(incoming.values.shape, dtype=self.values.dtype,
                                                        device=device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+        if self.format == "dense" and prefix + "weight" in state_dict:
+            self.keep_mask = state_dict[prefix + "weight"].to(self.keep_mask.device) != 0

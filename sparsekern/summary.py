@@ -1,5 +1,5 @@
 """sparsekern.summary(model): a per-layer table of format, shape, sparsity and bytes."""
-from typing import List, NamedTuple
+from typing import Dict, List, NamedTuple
 
 from torch import nn
 
@@ -18,10 +18,18 @@ class LayerRow(NamedTuple):
 
 
 class Summary:
-    """Rows for every SparseLinear and nn.Linear of a model; str() gives the table."""
+    """Rows for every SparseLinear and nn.Linear of a model. print(summary) (str()) gives the
+    table: layer, format, shape, sparsity, weight bytes and their ratio to dense, and why
+    sparsify chose the format; `.plan` gives the choices back for sparsify(plan=...)."""
 
     def __init__(self, rows: List[LayerRow]):
         self.rows = rows
+
+    @property
+    def plan(self) -> Dict[str, str]:
+        """{layer name: format} of every SparseLinear: pass it to sparsify(plan=...) to make the
+        same choices again without timing (on another run, or another copy of the model)."""
+        return {r.name: r.format for r in self.rows if r.format != "nn.Linear"}
 
     @property
     def weight_bytes(self) -> int:

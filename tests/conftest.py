@@ -80,6 +80,16 @@ def mask_24(out_features, in_features, generator, kept_per_group=None):
     return (ranks < counts).reshape(out_features, in_features)
 
 
+@pytest.fixture(autouse=True)
+def isolated_format_choices(tmp_path, monkeypatch):
+    """Each test starts with no cached format choice, and writes its own in a scratch folder."""
+    from sparsekern import planner
+
+    monkeypatch.setenv(planner.CACHE_ENV, str(tmp_path / "sparsekern-cache"))
+    monkeypatch.setattr(planner, "_format_cache", {})
+    monkeypatch.setattr(planner, "_disk_loaded", False)
+
+
 @pytest.fixture(params=ALL_ISAS)
 def isa(request):
     """Every CPU kernel variant, skipped where this CPU lacks it."""

@@ -160,6 +160,7 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     _expect(f"{path}", rest_entries, rest)
 
     tensors = _read_tensors(path, header)
+    _check_finite(path, tensors, header)
     # Fill the new layers (their load_state_dict validates each packed format) before the
     # model changes, so a bad file leaves the model as it was.
     built = {}
@@ -180,6 +181,17 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     except (ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: {e}") from e
     return model
+
+
+def _check_finite(path, tensors: Dict[str, torch.Tensor], header: FileHeader) -> None:
+    """Every weight and bias of a SparseLinear is finite: a NaN or Inf there is damage (or a
+    diverged training run) that would spread through every output. Other tensors may hold
+    infinities on purpose (attention masks), so they are not checked."""
+    for key, t in tensors.items():
+        if key.rpartition(".")[0] in header.layers and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).nonzero()[0][0]) if t.dim() else 0
+            raise ValueError(f"{path}: tensor {key!r} holds values that are not finite (NaN or Inf), the "
+                             f"first at index {bad}: refusing to load a damaged or diverged layer")
 
 
 def _read_tensors(path: str, header: FileHeader) -> Dict[str, torch.Tensor]:
