@@ -13,7 +13,7 @@ from sparsekern.tools import demo
     ["--method", "nm", "--format", "2:4"],
 ], ids=["taylor-csr", "structured-gradual-dense", "l0-auto", "nm-2:4"])
 def test_demo_runs_and_reports(argv, capsys):
-    assert demo.main(argv + ["--epochs", "3", "--hidden", "64"]) == 0
+    assert demo.main(argv + ["--epochs", "3", "--hidden", "64", "--no-large"]) == 0
     out = capsys.readouterr().out
     accuracies = [float(a) for a in re.findall(r"(\d+\.\d+)%\s", out)]
     assert re.search(r"^dense\s+\d+\.\d+%", out, re.M)
@@ -26,17 +26,35 @@ def test_demo_runs_and_reports(argv, capsys):
 
 def test_demo_structured_shrinks_the_model(capsys):
     demo.main(["--method", "structured", "--sparsity", "0.5", "--epochs", "2", "--hidden", "64",
-               "--format", "dense"])
+               "--format", "dense", "--no-large"])
     out = capsys.readouterr().out
     dense = int(re.search(r"^dense\s+\S+\s+([\d,]+)", out, re.M).group(1).replace(",", ""))
     pruned = int(re.search(r"^pruned.*%\s+([\d,]+)", out, re.M).group(1).replace(",", ""))
     assert pruned < 0.5 * dense
 
 
+def test_demo_shows_the_machine_choices_and_a_layer_where_sparsity_pays(capsys, monkeypatch):
+    import sparsekern.tools.timing as timing
+
+    def fake_rounds(candidates, rounds=7, round_seconds=0.005):  # auto's choice without timing
+        return {name: [1e-5 if name == "dense" else 2e-6] * rounds for name in candidates}
+
+    monkeypatch.setattr(timing, "time_rounds", fake_rounds)
+    assert demo.main(["--epochs", "1", "--hidden", "64", "--batch-sizes", "1", "8"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^sparsekern demo on .*\d+ threads, sparsekern ISA \w+", out, re.M)
+    assert "timed at batch sizes 1, 8" in out
+    assert "where sparsity pays: MLP 768-3072-768" in out
+    assert re.search(r"^0\s+csr\s+3072 x 768\s+90\.0%.*csr measured 5\.00x at batch 1, 5\.00x at batch 8", out, re.M)
+    for batch in (1, 8):
+        assert len(re.findall(rf"^\s+{batch}\s+\d+\.\dus\s+\d+\.\dus\s+\d+\.\d\dx$", out, re.M)) == 2
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--method", "nm", "--gradual"], "--gradual supports"),
     (["--sparsity", "1.5"], "--sparsity = 1.5"),
     (["--method", "obd"], "invalid choice: 'obd'"),
+    (["--batch-sizes", "0"], "each must be >= 1"),
 ])
 def test_demo_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as error:

@@ -1,5 +1,7 @@
 """`sparsekern demo`: train an MLP on scikit-learn's bundled digits, prune it, fine-tune,
-swap in sparse kernels, and compare accuracy, bytes and measured speed with the dense model.
+swap in sparse kernels, and compare accuracy, bytes and measured speed with the dense model;
+then show the speed on a layer size where sparsity pays (the digits MLP is small enough that
+a dense call costs a few microseconds, so per-call overhead decides there).
 
 The data and training helpers live in tools/training.py (the pruning tests train with them).
 """
@@ -12,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .. import prune
+from .. import _backend, planner, prune
 from ..formats import LAYER_FORMATS
 from ..prune.schedule import METHODS as GRADUAL_PRUNER_METHODS
 from ..sparsify import sparsify
@@ -23,6 +25,7 @@ from .training import Digits, accuracy, batches, cross_entropy_loss, load_digits
 METHODS = ("magnitude", "nm", "structured", "taylor", "wanda", "l0", "random")
 GRADUAL_METHODS = tuple(GRADUAL_PRUNER_METHODS)
 FORMATS = ("auto", *LAYER_FORMATS)
+SPEED_BATCHES = (1, 64)
 
 
 def prune_model(model: nn.Module, method: str, sparsity: float, data: Digits, *, gradual: bool,
@@ -77,7 +80,13 @@ def _parse(argv) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=15, help="dense training epochs (fine-tuning: the same)")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(SPEED_BATCHES), metavar="B",
+                        help="batch sizes sparsify(format='auto') times and the speed tables show")
+    parser.add_argument("--no-large", dest="large", action="store_false",
+                        help="skip the second part: the 768<->3072 MLP at 90%% where sparsity pays")
     args = parser.parse_args(argv)
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error(f"--batch-sizes {args.batch_sizes}: each must be >= 1")
     if args.epochs < 1:
         parser.error(f"--epochs = {args.epochs}, expected >= 1")
     if args.sparsity is None:
@@ -89,16 +98,45 @@ def _parse(argv) -> argparse.Namespace:
     return args
 
 
-def _speed(dense: nn.Module, sparse: nn.Module, in_features: int) -> dict[int, tuple[float, float]]:
+def _speed(dense: nn.Module, sparse: nn.Module, in_features: int,
+           batch_sizes=SPEED_BATCHES) -> dict[int, tuple[float, float]]:
     """{batch: (dense seconds, sparse seconds)} per forward, medians of interleaved rounds."""
     result = {}
     with torch.no_grad():
-        for batch in (1, 64):
+        for batch in batch_sizes:
             x = torch.randn(batch, in_features)
             times = time_interleaved({"dense": lambda: dense(x), "sparse": lambda: sparse(x)}, rounds=9,
                                      round_seconds=0.02)
             result[batch] = (times["dense"], times["sparse"])
     return result
+
+
+def _print_speed(speed: dict[int, tuple[float, float]]) -> None:
+    print("forward time, torch.no_grad(), median of 9 interleaved rounds")
+    print(f"{'batch':>5}{'dense':>12}{'sparsified':>12}{'speedup':>9}")
+    for batch, (dense_time, sparse_time) in speed.items():
+        print(f"{batch:>5}{dense_time * 1e6:>10.1f}us{sparse_time * 1e6:>10.1f}us{dense_time / sparse_time:>8.2f}x")
+
+
+def machine_line() -> str:
+    features = ", ".join(name for name, present in _backend.cpu_features().items() if present)
+    return (f"{planner.cpu_model()}, {torch.get_num_threads()} threads, sparsekern ISA {_backend.cpu_isa()} "
+            f"(CPU features: {features})")
+
+
+def large_mlp_part(batch_sizes, seed: int) -> None:
+    """Where sparsity pays: BERT-base's MLP (768 -> 3072 -> 768), magnitude-pruned to 90% per
+    layer (random weights: speed does not depend on what they learned), sparsify(auto)."""
+    torch.manual_seed(seed)
+    dense = nn.Sequential(nn.Linear(768, 3072), nn.ReLU(), nn.Linear(3072, 768)).eval()
+    pruned = copy.deepcopy(dense)
+    prune.magnitude(pruned, sparsity=0.9, scope="layer")
+    prune.finalize(pruned)
+    sparse = sparsify(copy.deepcopy(pruned), format="auto", batch_sizes=batch_sizes, progress=False)
+    print("\nwhere sparsity pays: MLP 768-3072-768 (BERT-base's), 90% per layer, format auto\n")
+    print(summary(sparse))
+    print()
+    _print_speed(_speed(pruned, sparse, 768, batch_sizes))
 
 
 def _param_count(model: nn.Module) -> int:
@@ -120,15 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {name: tuple(m.weight.shape) for name, m in pruned.named_modules() if isinstance(m, nn.Linear)}
 
     try:
-        sparse = sparsify(copy.deepcopy(pruned), format=args.format)
+        sparse = sparsify(copy.deepcopy(pruned), format=args.format, batch_sizes=args.batch_sizes)
     except ValueError as error:
         raise SystemExit(f"sparsekern demo: --format {args.format}: {error}") from None
     sparse_accuracy = accuracy(sparse, data.x_test, data.y_test)
-    speed = _speed(dense, sparse, data.x_train.shape[1])
+    speed = _speed(dense, sparse, data.x_train.shape[1], args.batch_sizes)
 
     mode = "gradual (cubic schedule)" if args.gradual else "L0 gates" if args.method == "l0" else "one-shot"
-    print(f"\nsparsekern demo: digits MLP 64-{args.hidden}-{args.hidden}-10, method {args.method} "
-          f"({label}, {mode}), format {args.format}, seed {args.seed}, {torch.get_num_threads()} threads\n")
+    print(f"\nsparsekern demo on {machine_line()}")
+    print(f"digits MLP 64-{args.hidden}-{args.hidden}-10, method {args.method} ({label}, {mode}), format "
+          f"{args.format} timed at batch sizes {', '.join(map(str, args.batch_sizes))}, seed {args.seed}\n")
     print(f"{'model':<34}{'test accuracy':>14}{'parameters':>12}")
     print(f"{'dense':<34}{dense_accuracy:>13.2f}%{_param_count(dense):>12,}")
     print(f"{'pruned + fine-tuned':<34}{pruned_accuracy:>13.2f}%{_param_count(pruned):>12,}")
@@ -138,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<8}{'x'.join(map(str, shapes[name])):>12}{value:>10.1%}")
     print(f"{'total':<8}{'':>12}{prune.global_sparsity(pruned):>10.1%}\n")
     print(summary(sparse))
-    print("\nforward time, torch.no_grad(), median of 9 interleaved rounds")
-    print(f"{'batch':>5}{'dense':>12}{'sparsified':>12}{'speedup':>9}")
-    for batch, (dense_time, sparse_time) in speed.items():
-        print(f"{batch:>5}{dense_time * 1e6:>10.1f}us{sparse_time * 1e6:>10.1f}us{dense_time / sparse_time:>8.2f}x")
+    print()
+    _print_speed(speed)
+    if args.large:
+        large_mlp_part(args.batch_sizes, args.seed)
     return 0
 
 
