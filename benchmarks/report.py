@@ -1,10 +1,10 @@
 """Benchmark results: the mode chosen on the command line, recorded ratios, target checks."""
-import platform
-
 import pytest
 import torch
 
 import sparsekern as sk
+from sparsekern import _backend, planner
+from sparsekern.tools.bench import COLD_BYTES
 
 RESULTS = []  # dicts: case, group, ratios, target misses; printed at the end
 
@@ -18,14 +18,12 @@ def bench_mode(config) -> str:
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"sparsekern ISA {sk.cpu_isa()}")
+    """The CPU model, its caches, the features that decide which kernels pay, threads, torch."""
+    caches = ", ".join(f"{level} {size >> 10} KiB" for level, size in planner.cache_sizes().items() if size)
+    features = _backend.cpu_features()
+    return (f"{planner.cpu_model()} ({caches}; AVX512-BF16 {'yes' if features['avx512_bf16'] else 'no'}, "
+            f"AMX-BF16 {'yes' if features['amx_bf16'] else 'no'}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, sparsekern ISA {sk.cpu_isa()}, cold = {COLD_BYTES >> 20} MiB cycled")
 
 
 def record(group: str, case_id: str, ratios: dict, targets: dict, config, details: str = ""):

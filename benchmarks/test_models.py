@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sparsekern as sk
-from sparsekern.tools.timing import time_interleaved
+from sparsekern.tools.timing import ratios_against
 
 from report import bench_mode, record
 from targets import AUTO_MIN_RATIO, MODEL_TARGETS
@@ -44,8 +44,7 @@ def speedups(dense_model, sparse_model, x, **extra):
     with torch.no_grad():
         calls = {"dense": lambda: dense_model(x), "sparsekern": lambda: sparse_model(x)}
         calls.update(extra)
-        times = time_interleaved(calls, rounds=7, round_seconds=0.05)
-    return {name: t / times["sparsekern"] for name, t in times.items() if name != "sparsekern"}, times
+        return ratios_against(calls, rounds=7, round_seconds=0.05)
 
 
 def test_mlp8(sparsity_batch, request):

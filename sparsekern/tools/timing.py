@@ -2,11 +2,12 @@
 
 Candidates run interleaved (A, B, A, B, ...) for several rounds, so drift in machine load hits
 all of them alike; each round times enough calls to last about `round_seconds`; the result
-per candidate is the median over rounds.
+per candidate is the median over rounds. Speed claims pair each baseline with sparsekern
+alone (`ratios_against`).
 """
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 
 def time_interleaved(candidates: Dict[str, Callable[[], object]], rounds: int = 7,
@@ -41,3 +42,21 @@ def time_rounds(candidates: Dict[str, Callable[[], object]], rounds: int = 7,
                 fn()
             samples[name].append((time.perf_counter() - start) / n)
     return samples
+
+
+def ratios_against(calls: Dict[str, Callable[[], object]], subject: str = "sparsekern", rounds: int = 7,
+                   round_seconds: float = 0.005) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """Each baseline timed alone beside `subject`, never beside a third candidate (which was
+    seen to slow the others by 15-50%: a single-threaded call before a two-threaded one costs
+    it). Returns ({baseline: median over rounds of baseline / subject time in that round},
+    {name: median seconds per call}, the subject's over all its pairs)."""
+    ratios, seconds, subject_seconds = {}, {}, []
+    for name, fn in calls.items():
+        if name == subject:
+            continue
+        times = time_rounds({name: fn, subject: calls[subject]}, rounds, round_seconds)
+        ratios[name] = statistics.median(b / s for b, s in zip(times[name], times[subject]))
+        seconds[name] = statistics.median(times[name])
+        subject_seconds += times[subject]
+    seconds[subject] = statistics.median(subject_seconds) if subject_seconds else float("nan")
+    return ratios, seconds
