@@ -5,7 +5,16 @@
     pytest benchmarks/ --targets        the cases the issues set targets for
     pytest benchmarks/ --enforce-targets    a missed target fails its case
 """
+import os
+import tempfile
+
 from report import RESULTS, machine_line
+
+
+def pytest_configure(config):
+    # format="auto" decides afresh in every benchmark run, not from choices an earlier run (or
+    # a user) saved.
+    os.environ["SPARSEKERN_CACHE_DIR"] = tempfile.mkdtemp(prefix="sparsekern-bench-cache-")
 
 
 def pytest_addoption(parser):

@@ -64,12 +64,11 @@ def forced_isa(name: str) -> int:
 # ---- format choice -----------------------------------------------------------------------------
 
 # A measured ratio whose rounds spread wider than this (interquartile range over median), or
-# that exceeds the layer's ceiling, is measured again, up to MAX_REMEASURES more times.
+# that lies outside plausible_range, is measured again, up to MAX_REMEASURES more times.
 MAX_SPREAD = 0.25
 MAX_REMEASURES = 2
-# A ratio above CEILING_SLACK x max(dense bytes / packed bytes, 1 / density) is implausible:
-# neither bytes nor arithmetic can explain it (cache effects give up to about 2x), so some
-# other process must have hit the dense calls.
+# Slack around what bytes and arithmetic explain (cache effects alone give up to about 2x):
+# beyond it, another process must have hit one side of the pair.
 CEILING_SLACK = 3.0
 CACHE_ENV = "SPARSEKERN_CACHE_DIR"
 
@@ -99,12 +98,20 @@ def _load_disk_cache() -> None:
                               if isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) for p in v)})
 
 
-def _save_disk_cache() -> None:
+def _save_disk_cache(key: str) -> None:
+    """Adds one choice to the file (re-read first: another process may have added others)."""
     path = cache_path()
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            stored = {}
+    except (OSError, ValueError):
+        stored = {}
+    stored[key] = list(_format_cache[key])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(_format_cache, indent=0, sort_keys=True))
+        tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home: the in-process cache still holds the choice
@@ -166,8 +173,10 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
                       candidates, batch_sizes, device.type, machine])
     _load_disk_cache()
     if key not in _format_cache:
-        _format_cache[key] = _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes)
-        _save_disk_cache()
+        format, why, clean = _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes)
+        _format_cache[key] = (format, why)
+        if clean:
+            _save_disk_cache(key)
     return _format_cache[key]
 
 
@@ -180,31 +189,40 @@ def paired_ratios(dense, candidate, rounds: int = 9, round_seconds: float = 0.00
     return [d / c for d, c in zip(times["dense"], times["candidate"])]
 
 
-def robust_ratio(measure, ceiling: float) -> float:
-    """The median of `measure()`'s per-round ratios, from the first measurement whose rounds
-    agree (spread at most MAX_SPREAD) and whose median is plausible (at most `ceiling`); up to
-    MAX_REMEASURES more measurements are taken. Failing that, the median of the plausible
-    measurements' medians, or the lowest median if none was plausible."""
+def robust_ratio(measure, plausible: Tuple[float, float]) -> Tuple[float, bool]:
+    """(ratio, clean): the median of `measure()`'s per-round ratios from the first measurement
+    whose rounds agree (spread at most MAX_SPREAD) and whose median lies in the `plausible`
+    (low, high) range; up to MAX_REMEASURES more measurements are taken. Failing that
+    (clean = False): the median of the plausible measurements' medians, or the lowest median
+    if none was plausible, which leans towards keeping a layer dense."""
+    low, high = plausible
     medians = []
     for _ in range(1 + MAX_REMEASURES):
         samples = measure()
         median = statistics.median(samples)
         q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (median,) * 3
-        if median <= ceiling and (q3 - q1) <= MAX_SPREAD * median:
-            return median
+        if low <= median <= high and (q3 - q1) <= MAX_SPREAD * median:
+            return median, True
         medians.append(median)
-    plausible = [m for m in medians if m <= ceiling]
-    return statistics.median(plausible) if plausible else min(medians)
+    inside = [m for m in medians if low <= m <= high]
+    return (statistics.median(inside) if inside else min(medians)), False
 
 
-def ratio_ceiling(weight: torch.Tensor, tensors, nnz: int) -> float:
-    """CEILING_SLACK x the most a format can gain: its bytes against dense, or its arithmetic."""
+def plausible_range(weight: torch.Tensor, tensors, nnz: int) -> Tuple[float, float]:
+    """The ratios a format can honestly measure against dense: at most CEILING_SLACK x its
+    best case (its bytes against dense, or its arithmetic), at least 1 / CEILING_SLACK x its
+    bytes' worst case (a kernel that moves no more bytes than dense is not many times slower;
+    small layers, bound by per-call overhead, sit inside this range)."""
     dense_bytes = weight.numel() * weight.element_size()
     packed_bytes = max(1, sum(t.numel() * t.element_size() for t in tensors))
-    return CEILING_SLACK * max(dense_bytes / packed_bytes, weight.numel() / max(nnz, 1))
+    high = CEILING_SLACK * max(dense_bytes / packed_bytes, weight.numel() / max(nnz, 1))
+    low = 1 / (CEILING_SLACK * max(packed_bytes / dense_bytes, 1.0))
+    return low, high
 
 
-def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes) -> Tuple[str, str]:
+def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes) -> Tuple[str, str, bool]:
+    """(format, why, clean): clean when every ratio came from a steady, plausible measurement;
+    only clean choices are saved to disk, so one disturbed run cannot fix a choice for good."""
     from . import ops
 
     out_features, in_features = weight.shape
@@ -214,6 +232,7 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
     packed = {name: PACKED_FORMATS[name].pack(weight, mask, value_dtype) for name in candidates}
     nnz = int(mask.sum())
     ratios: Dict[str, List[float]] = {name: [] for name in candidates}
+    clean = True
     if device.type == "cuda":
         from .ops_cuda import paired_ratios as ratios_of
         run = lambda name, x, tensors: ops.linear_op(name)(x, *tensors, bias, in_features, out_features)  # noqa: E731
@@ -225,13 +244,17 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
             x = torch.randn(batch, in_features, dtype=weight.dtype, device=device)
             for name in candidates:
                 tensors = packed[name]
-                ratios[name].append(robust_ratio(
+                ratio, steady = robust_ratio(
                     lambda: ratios_of(lambda: F.linear(x, dense_weight, bias), lambda: run(name, x, tensors)),
-                    ratio_ceiling(weight, tensors, nnz)))
+                    plausible_range(weight, tensors, nnz))
+                ratios[name].append(ratio)
+                clean = clean and steady
     ranked = sorted(candidates, key=lambda name: min(ratios[name]), reverse=True)
     notes = "; ".join(f"{name} measured " + ", ".join(f"{r:.2f}x at batch {b}"
                                                       for r, b in zip(ratios[name], batch_sizes))
                       for name in ranked)
+    if not clean:
+        notes += " (on a busy machine: not saved)"
     if ranked and min(ratios[ranked[0]]) >= WIN_MARGIN:
-        return ranked[0], notes
-    return "dense", f"kept dense: {notes}" if notes else "kept dense: no packed format holds this mask"
+        return ranked[0], notes, clean
+    return "dense", f"kept dense: {notes}" if notes else "kept dense: no packed format holds this mask", clean
