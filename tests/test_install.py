@@ -1,10 +1,9 @@
-"""`pip install .` and `pip install -e .`, each run twice in one checkout, as users run them
-(with build isolation: pip builds in a temporary environment with its own cmake and ninja and
-deletes it afterwards, while the CMake build directory stays in the checkout). Then the
-installed package is imported from outside the checkout and runs a SparseLinear.
-
-Slow (builds the extension, with CUDA off), and needs PyPI: the isolated build environment
-downloads setuptools, pybind11, cmake and ninja.
+"""Packaging: the extras, and `pip install .` and `pip install -e .`, each run twice in one
+checkout, as users run them (with build isolation: pip builds in a temporary environment with
+its own cmake and ninja and deletes it afterwards, while the CMake build directory stays in the
+checkout); the installed package is then imported from outside the checkout and runs a
+SparseLinear. That test is slow (it builds the extension, with CUDA off) and needs PyPI: the
+isolated build environment downloads setuptools, pybind11, cmake and ninja.
 """
 import os
 import shutil
@@ -15,8 +14,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +28,15 @@ x = torch.randn(3, 16)
 with torch.no_grad():
     torch.testing.assert_close(layer(x), dense(x))
 """
+
+
+def test_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"onnx", "onnxscript", "onnxruntime"} <= set(extras["onnx"])  # named by export_onnx's ImportError
+    assert "matplotlib" in extras["plot"]  # named by `sparsekern bench --plot`
+    assert "transformers" in extras["hf"]
+    assert set(extras["onnx"] + extras["plot"] + extras["hf"]) <= set(extras["test"])  # CI installs .[test]
 
 
 def copy_sources(dest: Path) -> None:
@@ -84,6 +90,7 @@ def smoke(python: Path, cwd: Path) -> Path:
     return Path(run.stdout.strip().splitlines()[-1]).resolve()
 
 
+@pytest.mark.slow
 def test_install_and_editable_install_twice_in_one_checkout(tmp_path):
     src, outside = tmp_path / "src", tmp_path / "outside"
     outside.mkdir()
