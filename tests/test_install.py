@@ -9,7 +9,6 @@ import os
 import shutil
 import site
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -46,6 +45,8 @@ def copy_sources(dest: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=CHECKOUT, check=True, capture_output=True,
                            text=True).stdout.split("\0")
     for name in filter(None, files):
+        if not (CHECKOUT / name).exists():  # deleted in the work tree, not yet in git
+            continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(CHECKOUT / name, target)
