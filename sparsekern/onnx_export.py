@@ -8,8 +8,11 @@ indices: 12 bytes per fp32 nonzero). The Constant's output is an ordinary dense 
 the graph stays well typed (a graph-level ``sparse_initializer`` would be typed
 sparse_tensor, which Gemm/MatMul do not accept under ONNX shape inference); runtimes
 densify it once at load, so the file is small and the results are exactly the dense ones.
-Needs the `onnx` and `onnxscript` packages (torch.onnx's exporter).
+Needs the `onnx` and `onnxscript` packages (torch.onnx's exporter): pip install "sparsekern[onnx]".
 """
+import contextlib
+import logging
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -19,6 +22,60 @@ from torch import nn
 from .sparse_linear import SparseLinear
 
 _INDEX_BYTES = 8  # ONNX sparse tensors index with int64
+
+_log = logging.getLogger(__name__)
+
+# Loggers of the exporter's libraries; torch.onnx's has its own stderr handler, the others
+# reach stderr through logging's last-resort handler when the application configured none.
+_EXPORTER_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def _exporter_notes_at_debug():
+    """Keeps the exporter's log records off stderr while it runs; after a successful export those
+    below ERROR go to this module's logger at DEBUG, all others are handled as they would have been.
+
+    A successful export otherwise prints notes that need no action, such as the onnxscript
+    optimizer's "Evaluation failed: cannot reshape array of size ..." (its constant folder could
+    not pre-compute a node, which then stays in the graph, as it would without folding) and
+    "torchvision is not installed. Skipping torchvision::nms". A failed export replays
+    everything as it came, to help find the cause."""
+    records = []
+    collector = logging.Handler()
+    collector.emit = records.append  # keeps them to hand on, below
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    saved = [(logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [collector], False
+    succeeded = False
+    try:
+        with warnings.catch_warnings():
+            # torch's own deprecation, raised inside torch.export when it copies a tree spec.
+            warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                    category=FutureWarning)
+            yield
+        succeeded = True
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved):
+            logger.handlers, logger.propagate = handlers, propagate
+        for record in records:
+            if succeeded and record.levelno < logging.ERROR:
+                _log.debug("%s: %s", record.name, record.getMessage())
+            else:
+                logging.getLogger(record.name).handle(record)
+
+
+def _name_values(values, names: Optional[Sequence[str]], kind: str) -> None:
+    """Names the graph's inputs or outputs (kind "input" / "output"): `names`, or by default
+    kind itself for a single value and kind_0, kind_1, ... for several."""
+    if names is None:
+        names = [kind] if len(values) == 1 else [f"{kind}_{i}" for i in range(len(values))]
+    names = list(names)
+    if len(names) != len(values) or len(set(names)) != len(names):
+        raise ValueError(f"{kind}_names={names!r}: the exported graph has {len(values)} {kind}(s); "
+                         f"give one distinct name for each")
+    for value, name in zip(values, names):
+        value.name = name
 
 
 def _sparsify_initializers(graph) -> int:
@@ -48,27 +105,36 @@ def _sparsify_initializers(graph) -> int:
     return len(constants)
 
 
-def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: str,
-                dynamic_shapes: Optional[Any] = None, opset_version: Optional[int] = None) -> Dict[str, int]:
+def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dynamic_shapes: Optional[Any] = None,
+                opset_version: Optional[int] = None, input_names: Optional[Sequence[str]] = None,
+                output_names: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Writes `model` (on CPU, with SparseLinear layers) to the ONNX file `path`.
 
     example_inputs: the positional inputs of model.forward, as for torch.export.
-    dynamic_shapes: passed to torch.onnx.export (e.g. ({0: "batch"},) for a dynamic batch).
+    dynamic_shapes: as for torch.onnx.export. None (the default) makes dimension 0 of every
+    tensor input the dynamic "batch", so the file runs at any batch size; pass e.g.
+    ({0: "batch", 1: "sequence"},) for more dynamic dimensions, or ({},) for static shapes.
+    input_names, output_names: the graph's input and output names; by default "input" and
+    "output" (input_0, input_1, ... when there are several).
     The graph computes the dense-equivalent model (same outputs); pruned weights are stored
     as sparse Constants (see the module docstring). The model is checked with onnx.checker before it is
     written. Returns {"sparse_constants": n, "initializers": n} for the written file.
     `model` is returned to its original state afterwards (its layers are swapped only
-    during the export).
+    during the export). The exporter's notes (not its errors) go to the logger
+    sparsekern.onnx_export at DEBUG instead of stderr.
     """
     try:
         import onnx
+        import onnxscript  # noqa: F401  (torch.onnx's exporter; checked here, before any work)
     except ImportError as e:
-        raise ImportError("sparsekern.export_onnx needs the onnx and onnxscript packages "
-                          "(pip install onnx onnxscript)") from e
+        raise ImportError(f'sparsekern.export_onnx needs the {e.name} package: pip install "sparsekern[onnx]"') from e
 
+    if dynamic_shapes is None:
+        dynamic_shapes = tuple({0: "batch"} if isinstance(t, torch.Tensor) and t.dim() > 0 else None
+                               for t in example_inputs)
     # SparseLinear computes in float32 and returns x.dtype, so its dense stand-in takes the
     # activations' dtype (bf16 values with fp32 inputs export as an fp32 graph).
-    dtype = next((t.dtype for t in example_inputs if t.is_floating_point()), None)
+    dtype = next((t.dtype for t in example_inputs if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
     swapped = []
     for parent in list(model.modules()):
         for attr, child in list(parent.named_children()):
@@ -77,11 +143,14 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
                 dense = child.to_dense()
                 setattr(parent, attr, dense.to(dtype) if dtype is not None else dense)
     try:
-        program = torch.onnx.export(model, tuple(example_inputs), dynamo=True, dynamic_shapes=dynamic_shapes,
-                                    opset_version=opset_version, verbose=False)
+        with _exporter_notes_at_debug():
+            program = torch.onnx.export(model, tuple(example_inputs), dynamo=True, dynamic_shapes=dynamic_shapes,
+                                        opset_version=opset_version, verbose=False)
     finally:
         for parent, attr, child in swapped:
             setattr(parent, attr, child)
+    _name_values(program.model.graph.inputs, input_names, "input")
+    _name_values(program.model.graph.outputs, output_names, "output")
     proto = program.model_proto
     moved = _sparsify_initializers(proto.graph)
     onnx.checker.check_model(proto, full_check=True)

@@ -1,8 +1,11 @@
-"""The `sparsekern` command: help, bench (timing a tiny case, reading a JSON), bad arguments."""
+"""The `sparsekern` command: help, --version, bench (timing a tiny case, custom shapes, reading a
+JSON, plotting), bad arguments."""
 import json
+import sys
 
 import pytest
 
+import sparsekern
 from sparsekern.tools import bench_cli, cli
 
 
@@ -56,3 +59,91 @@ def test_break_even():
     assert bench_cli.break_even({0.5: 0.5, 0.9: 1.5}) == "70%"
     assert bench_cli.break_even({0.5: 1.2, 0.9: 3.0}) == "<= 50%"
     assert bench_cli.break_even({0.5: 0.2, 0.9: 0.8}) == "not reached"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"sparsekern {sparsekern.__version__}\n"
+
+
+def test_bench_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal width
+    assert "fractions of zero weights to time, each in [0, 1) (default: 0.5 0.7 0.9 0.95)" in text
+    assert "batch sizes: rows of x per call (default: 1 64)" in text
+    assert "--shape OUTxIN" in text
+
+
+def fake_timing(monkeypatch):
+    """Every case measures dense at twice sparsekern's time: no timing in tests."""
+    monkeypatch.setattr(bench_cli, "time_interleaved", lambda calls, **_: {"dense": 2.0, "sparsekern": 1.0})
+
+
+def test_bench_times_custom_shapes_beside_named_ones(monkeypatch, capsys):
+    fake_timing(monkeypatch)
+    shapes = dict(bench_cli.SHAPES)
+    assert bench_cli.main(["--shapes", "square-1k", "--shape", "64x32", "--shape", "16x8", "--sparsities", "0.9",
+                           "--batches", "2"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[:3] for row in rows] == [["16x8", "2", "2.00x"], ["64x32", "2", "2.00x"], ["square-1k", "2", "2.00x"]]
+    assert bench_cli.SHAPES == shapes  # custom shapes are not left behind
+
+
+def test_bench_custom_shape_alone_replaces_the_default_shapes():
+    args = bench_cli._parse(["--shape", "768x768"])
+    assert args.shapes == ["768x768"] and args.custom_shapes == {"768x768": (768, 768)}
+    assert bench_cli._parse([]).shapes == bench_cli.DEFAULT_SHAPES
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--shape", "768x"], "argument --shape: '768x' is not OUTxIN, two integers such as 768x3072"),
+    (["--shape", "axb"], "argument --shape: 'axb' is not OUTxIN"),
+    (["--shape", "0x5"], "argument --shape: '0x5': out and in features must be >= 1"),
+    (["--shape", "8x6", "--format", "2:4"], "--format 2:4 needs in_features divisible by 4, not 8x6"),
+])
+def test_bench_rejects_bad_shapes(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_plot_without_matplotlib_fails_before_timing(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+
+    def measure(args):
+        raise AssertionError("timed before checking for matplotlib")
+    monkeypatch.setattr(bench_cli, "measure", measure)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cli.main(["--plot", str(tmp_path / "speedup.png")])
+    assert exit_info.value.code == 2
+    assert '--plot needs matplotlib: pip install "sparsekern[plot]"' in capsys.readouterr().err
+
+
+def test_speedup_axis_labels_ticks_as_speedups():
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    ax.plot([50, 95], [0.6, 0.9])  # under one decade: matplotlib's own labels would read 6x10^-1
+    bench_cli.speedup_axis(ax)
+    major, label = ax.yaxis.get_major_locator(), ax.yaxis.get_major_formatter()
+    assert [label(v) for v in major.tick_values(0.3, 60) if 0.3 <= v <= 60] == [
+        "0.5x", "1x", "2x", "5x", "10x", "20x", "50x"]
+    assert ax.yaxis.get_minor_formatter()(0.6) == ""
+    assert ax.get_yscale() == "log"
+    bottom, top = ax.get_ylim()
+    assert bottom <= 0.5 and top >= 2  # 0.5x, 1x and 2x are always shown
+
+
+def test_bench_plots_json_results(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    entries = [{"extra_info": {"shape": [96, 64], "batch": 1, "sparsity": s, "format": "csr", "values": "fp32",
+                               "cache": "hot", "speedup": {"dense": r}}} for s, r in [(0.5, 0.8), (0.9, 3.0)]]
+    (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": entries}))
+    png = tmp_path / "speedup.png"
+    assert bench_cli.main(["--json", str(tmp_path / "bench.json"), "--plot", str(png)]) == 0
+    assert png.stat().st_size > 0 and f"plot written to {png}" in capsys.readouterr().out

@@ -1,6 +1,8 @@
 """A sparsified model under torch.compile (fullgraph), torch.export (saved, then run in a fresh
-process) and ONNX (sparse on disk, checked, run in onnxruntime)."""
+process) and ONNX (sparse on disk, checked, run in onnxruntime at other batch sizes, quiet)."""
 import copy
+import logging
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,110 @@ def test_onnx_export_is_sparse_checked_and_matches(tmp_path):
         (y,) = session.run(None, {name: x.numpy()})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-5, atol=1e-5)
+
+
+def onnx_runtime():
+    """onnxruntime, or a skip when the ONNX extra is not installed."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")  # torch.onnx's exporter
+    return pytest.importorskip("onnxruntime")
+
+
+def run_onnx(path, inputs):
+    session = onnx_runtime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session, session.run(None, {name: x.numpy() for name, x in inputs.items()})
+
+
+def test_onnx_export_has_a_dynamic_batch_and_named_io_by_default(tmp_path):
+    onnx_runtime()
+    model = sparse_model()
+    path = tmp_path / "model.onnx"
+    sk.export_onnx(model, (torch.randn(4, 64),), str(path))
+    for batch in (1, 7):  # neither is the example's batch size
+        x = torch.randn(batch, 64)
+        session, (y,) = run_onnx(path, {"input": x})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-5, atol=1e-5)
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["output"]
+    assert session.get_inputs()[0].shape == ["batch", 64]
+
+
+def test_onnx_export_takes_names_and_dynamic_shapes(tmp_path):
+    onnx_runtime()
+    model = sparse_model()
+    path = tmp_path / "model.onnx"
+    sk.export_onnx(model, (torch.randn(2, 5, 64),), str(path), dynamic_shapes=({0: "batch", 1: "sequence"},),
+                   input_names=["hidden"], output_names=["logits"])
+    for shape in [(1, 3, 64), (3, 9, 64)]:
+        x = torch.randn(shape)
+        session, (y,) = run_onnx(path, {"hidden": x})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-5, atol=1e-5)
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    with pytest.raises(ValueError, match=r"input_names=\['a', 'b'\]: the exported graph has 1 input"):
+        sk.export_onnx(model, (torch.randn(2, 64),), str(path), input_names=["a", "b"])
+
+
+def test_onnx_export_prints_nothing(tmp_path):
+    onnx_runtime()
+    # A fresh process: torch.onnx prints some of its notes only at the first export of a process.
+    script = (
+        "import sys, torch, sparsekern as sk\n"
+        "linear = torch.nn.Linear(32, 16)\n"
+        "with torch.no_grad():\n"
+        "    linear.weight[:, ::2] = 0\n"
+        "model = torch.nn.Sequential(sk.SparseLinear.from_dense(linear), torch.nn.ReLU()).eval()\n"
+        "sk.export_onnx(model, (torch.randn(2, 3, 32),), sys.argv[1] + '/model.onnx')\n")
+    run = run_python(["-c", script, str(tmp_path)], tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (run.stdout, run.stderr) == ("", "")
+    assert (tmp_path / "model.onnx").is_file()
+
+
+EVALUATION_NOTE = "Evaluation failed: cannot reshape array of size 6 into shape (4,)"
+
+
+def export_logging_a_note(monkeypatch, fail=False):
+    """Makes torch.onnx.export log the note the onnxscript optimizer logs when its constant folder
+    cannot evaluate a node (then export, or fail)."""
+    export = torch.onnx.export
+
+    def noisy_export(*args, **kwargs):
+        logging.getLogger("onnxscript.optimizer._constant_folding").warning(EVALUATION_NOTE)
+        if fail:
+            raise RuntimeError("export failed")
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", noisy_export)
+
+
+def test_onnx_exporter_notes_go_to_debug_not_stderr(tmp_path, monkeypatch, caplog, capfd):
+    onnx_runtime()
+    export_logging_a_note(monkeypatch)
+    caplog.set_level(logging.DEBUG, logger="sparsekern.onnx_export")
+    sk.export_onnx(sparse_model(), (torch.randn(4, 64),), str(tmp_path / "model.onnx"))
+    notes = [(r.name, r.levelno) for r in caplog.records if EVALUATION_NOTE in r.getMessage()]
+    assert notes == [("sparsekern.onnx_export", logging.DEBUG)]
+    assert capfd.readouterr() == ("", "")
+
+
+def test_onnx_exporter_notes_of_a_failed_export_keep_their_level(tmp_path, monkeypatch, caplog):
+    onnx_runtime()
+    export_logging_a_note(monkeypatch, fail=True)
+    model = sparse_model()
+    with pytest.raises(RuntimeError, match="export failed"):
+        sk.export_onnx(model, (torch.randn(4, 64),), str(tmp_path / "model.onnx"))
+    notes = [(r.name, r.levelno) for r in caplog.records if EVALUATION_NOTE in r.getMessage()]
+    assert notes == [("onnxscript.optimizer._constant_folding", logging.WARNING)]
+    assert isinstance(model[0], sk.SparseLinear)  # the layers are put back
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_onnx_export_without_the_extra_names_it(missing, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import missing` fail
+    model = sparse_model()
+    path = tmp_path / "model.onnx"
+    with pytest.raises(ImportError, match=rf'needs the {missing} package: pip install "sparsekern\[onnx\]"'):
+        sk.export_onnx(model, (torch.randn(4, 64),), str(path))
+    assert not path.exists() and isinstance(model[0], sk.SparseLinear)

@@ -3,6 +3,7 @@ over dense, the break-even sparsity per shape and batch, and optionally plot the
 --format 2:4 times the 2:4 pattern instead of a sparsity sweep."""
 import argparse
 import json
+import re
 from collections import defaultdict
 from typing import Dict, List, Tuple
 
@@ -14,18 +15,44 @@ from .timing import time_interleaved
 # (shape, batch) -> {sparsity: speedup over dense}
 Curves = Dict[Tuple[str, int], Dict[float, float]]
 
+DEFAULT_SHAPES = ["bert-up", "llama-qkvo"]
+DEFAULT_SPARSITIES = [0.5, 0.7, 0.9, 0.95]
+DEFAULT_BATCHES = [1, 64]
+PLOT_EXTRA = 'pip install "sparsekern[plot]"'
+
+
+def _shape(text: str) -> Tuple[int, int]:
+    """--shape OUTxIN -> (out_features, in_features)."""
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not OUTxIN, two integers such as 768x3072")
+    out_features, in_features = int(match[1]), int(match[2])
+    if min(out_features, in_features) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}': out and in features must be >= 1")
+    return out_features, in_features
+
 
 def _parse(argv: List[str]) -> argparse.Namespace:
+    def listed(values):
+        return " ".join(map(str, values))
+
     p = argparse.ArgumentParser(prog="sparsekern bench", description=__doc__)
-    p.add_argument("--shapes", nargs="+", default=["bert-up", "llama-qkvo"], choices=sorted(SHAPES),
-                   help="layer shapes: " + ", ".join(f"{k}={o}x{i}" for k, (o, i) in SHAPES.items()))
-    p.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7, 0.9, 0.95])
-    p.add_argument("--batches", nargs="+", type=int, default=[1, 64])
-    p.add_argument("--format", choices=["csr", "2:4"], default="csr")
-    p.add_argument("--values", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--cache", choices=["hot", "cold"], default="hot")
+    p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
+                   help="named layer shapes (out x in): " + ", ".join(f"{k}={o}x{i}" for k, (o, i) in SHAPES.items())
+                   + f" (default: {listed(DEFAULT_SHAPES)}, unless --shape is given)")
+    p.add_argument("--shape", action="append", type=_shape, default=[], metavar="OUTxIN", dest="custom_shapes",
+                   help="a layer shape of your own, out_features x in_features (e.g. 768x768); repeatable")
+    p.add_argument("--sparsities", nargs="+", type=float, default=DEFAULT_SPARSITIES, metavar="S",
+                   help=f"fractions of zero weights to time, each in [0, 1) (default: {listed(DEFAULT_SPARSITIES)})")
+    p.add_argument("--batches", nargs="+", type=int, default=DEFAULT_BATCHES, metavar="B",
+                   help=f"batch sizes: rows of x per call (default: {listed(DEFAULT_BATCHES)})")
+    p.add_argument("--format", choices=["csr", "2:4"], default="csr",
+                   help="packed format; 2:4 times its one pattern, not the sparsities (default: csr)")
+    p.add_argument("--values", choices=["fp32", "bf16"], default="fp32", help="dtype of the stored values (default: fp32)")
+    p.add_argument("--cache", choices=["hot", "cold"], default="hot",
+                   help="hot repeats one layer; cold cycles through copies larger than the L3 cache (default: hot)")
     p.add_argument("--json", metavar="FILE", help="read results of 'pytest benchmarks/ --benchmark-json FILE' instead of timing")
-    p.add_argument("--plot", metavar="PNG", help="write speedup vs sparsity per batch size (needs matplotlib)")
+    p.add_argument("--plot", metavar="PNG", help=f"write speedup vs sparsity per batch size (needs matplotlib: {PLOT_EXTRA})")
     args = p.parse_args(argv)
     for s in args.sparsities:
         if not 0 <= s < 1:
@@ -33,6 +60,20 @@ def _parse(argv: List[str]) -> argparse.Namespace:
     for b in args.batches:
         if b < 1:
             p.error(f"batch {b} must be >= 1")
+    if args.format == "2:4":
+        for out_features, in_features in args.custom_shapes:
+            if in_features % 4:
+                p.error(f"--format 2:4 needs in_features divisible by 4, not {out_features}x{in_features}")
+    if args.shapes is None:
+        args.shapes = [] if args.custom_shapes else DEFAULT_SHAPES
+    # Custom shapes are named as the table and pytest-benchmark JSON files name them: "768x768".
+    args.custom_shapes = {f"{o}x{i}": (o, i) for o, i in args.custom_shapes}
+    args.shapes = args.shapes + [name for name in args.custom_shapes if name not in args.shapes]
+    if args.plot:
+        try:  # now, not after minutes of timing
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error(f"--plot needs matplotlib: {PLOT_EXTRA}")
     return args
 
 
@@ -43,12 +84,19 @@ def measure(args) -> Curves:
     cases = [Case(shape, s, b, args.values, args.cache, args.format)
              for shape in args.shapes for b in args.batches for s in sparsities]
     curves: Curves = defaultdict(dict)
-    for case in tqdm(cases, desc="bench", unit="case"):
-        calls = candidates(case, with_scipy=False).calls
-        with torch.no_grad():
-            times = time_interleaved({k: calls[k] for k in ("dense", "sparsekern")}, rounds=5,
-                                     round_seconds=0.02)
-        curves[(case.shape, case.batch)][case.sparsity] = times["dense"] / times["sparsekern"]
+    # A Case names its shape by a key of SHAPES: custom shapes join it while they are timed.
+    added = {name: dims for name, dims in args.custom_shapes.items() if name not in SHAPES}
+    SHAPES.update(added)
+    try:
+        for case in tqdm(cases, desc="bench", unit="case"):
+            calls = candidates(case, with_scipy=False).calls
+            with torch.no_grad():
+                times = time_interleaved({k: calls[k] for k in ("dense", "sparsekern")}, rounds=5,
+                                         round_seconds=0.02)
+            curves[(case.shape, case.batch)][case.sparsity] = times["dense"] / times["sparsekern"]
+    finally:
+        for name in added:
+            del SHAPES[name]
     return curves
 
 
@@ -100,13 +148,25 @@ def report(curves: Curves, format: str) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def speedup_axis(ax) -> None:
+    """Makes the y axis (once the curves are drawn) a log-scale speedup axis labelled as speedups:
+    0.5x, 1x, 2x, 5x, 10x, ... The default log labels read 10^0, and over less than a decade
+    matplotlib labels minor ticks as 6x10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    bottom, top = ax.get_ylim()  # at least 0.4x to 2.5x: the 0.5x, 1x and 2x ticks frame break-even
+    ax.set_ylim(min(bottom, 0.4), max(top, 2.5))
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot(curves: Curves, path: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'sparsekern[plot]' (or matplotlib)")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     shapes = sorted({shape for shape, _ in curves})
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
@@ -115,12 +175,14 @@ def plot(curves: Curves, path: str) -> None:
                 xs = sorted(pts)
                 ax.plot([x * 100 for x in xs], [pts[x] for x in xs], marker="o", label=f"batch {batch}")
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-        out_features, in_features = SHAPES.get(shape, ("?", "?"))
-        ax.set(title=f"{shape} ({out_features}x{in_features})", xlabel="sparsity (%)",
-               ylabel="speedup over dense F.linear", yscale="log")
+        # Named shapes get their sizes in the title; others are named by them ("768x768").
+        title = f"{shape} ({SHAPES[shape][0]}x{SHAPES[shape][1]})" if shape in SHAPES else shape
+        ax.set(title=title, xlabel="sparsity (%)", ylabel="speedup over dense F.linear")
+        speedup_axis(ax)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: List[str]) -> int:

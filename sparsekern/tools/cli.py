@@ -1,4 +1,4 @@
-"""The `sparsekern` command (also `python -m sparsekern`): demo, bench, inspect."""
+"""The `sparsekern` command (also `python -m sparsekern`): demo, bench, inspect; --version."""
 import argparse
 import sys
 from typing import List, Optional
@@ -40,9 +40,12 @@ COMMANDS = {
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .. import __version__
+
     parser = argparse.ArgumentParser(
         prog="sparsekern", description="Pruned PyTorch models made faster.",
         epilog="Run 'sparsekern COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
                         help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
     args, rest = parser.parse_known_args(argv[:1])
