@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sparsekern as sk
-from sparsekern.tools.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates
+from sparsekern.tools.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates, shape_dims
 from sparsekern.tools.timing import ratios_against, time_interleaved
 
 from report import bench_mode, record
@@ -49,7 +49,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_layer(case, benchmark, request):
-    out_features, in_features = SHAPES[case.shape]
+    out_features, in_features = shape_dims(case.shape)
     cands = candidates(case, with_scipy=case.batch <= 64)
     with torch.no_grad():
         ratios, times = ratios_against(cands.calls, rounds=7, round_seconds=0.02)

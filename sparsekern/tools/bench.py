@@ -25,6 +25,16 @@ SHAPES = {
     "square-1k": (1024, 1024),
 }
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+
+
+def shape_dims(shape: str) -> tuple:
+    """(out_features, in_features) of a named shape (SHAPES) or of one written "OUTxIN"."""
+    if shape in SHAPES:
+        return SHAPES[shape]
+    out_features, _, in_features = shape.partition("x")
+    return int(out_features), int(in_features)
+
+
 BATCHES = (1, 8, 64, 256)
 VALUE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # "Cold" cycles through three times this machine's L3 (at least 96 MiB when it does not say):
@@ -33,7 +43,8 @@ COLD_BYTES = max(96 << 20, 3 * planner.cache_sizes()["L3"])
 
 
 class Case(NamedTuple):
-    """One layer case. format "2:4" prunes to the 2:4 pattern (sparsity is then 0.5)."""
+    """One layer case (shape: a SHAPES name or "OUTxIN"). format "2:4" prunes to the 2:4
+    pattern (sparsity is then 0.5)."""
     shape: str
     sparsity: float
     batch: int
@@ -48,7 +59,7 @@ class Case(NamedTuple):
 
     @property
     def id(self) -> str:
-        out_features, in_features = SHAPES[self.shape]
+        out_features, in_features = shape_dims(self.shape)
         return f"{out_features}x{in_features}-{self.pattern}-b{self.batch}-{self.values}-{self.cache}"
 
 
@@ -60,7 +71,7 @@ def pruned_linear(shape: str, sparsity: float, format: str = "csr") -> nn.Linear
     to the 2:4 pattern for format "2:4"."""
     key = (shape, sparsity, format)
     if key not in _weights:
-        out_features, in_features = SHAPES[shape]
+        out_features, in_features = shape_dims(shape)
         torch.manual_seed(0)
         linear = nn.Linear(in_features, out_features)
         if format == "2:4":
@@ -95,7 +106,7 @@ class Candidates(NamedTuple):
 def candidates(case: Case, with_scipy: bool = True) -> Candidates:
     """name -> zero-argument callable computing the layer's output for one batch."""
     linear = pruned_linear(case.shape, case.sparsity, case.format)
-    out_features, in_features = SHAPES[case.shape]
+    out_features, in_features = shape_dims(case.shape)
     x = torch.randn(case.batch, in_features)
     weight, bias = linear.weight.detach(), linear.bias.detach()
     layer = SparseLinear.from_dense(linear, format=case.format, value_dtype=VALUE_DTYPES[case.values])

@@ -84,19 +84,11 @@ def measure(args) -> Curves:
     cases = [Case(shape, s, b, args.values, args.cache, args.format)
              for shape in args.shapes for b in args.batches for s in sparsities]
     curves: Curves = defaultdict(dict)
-    # A Case names its shape by a key of SHAPES: custom shapes join it while they are timed.
-    added = {name: dims for name, dims in args.custom_shapes.items() if name not in SHAPES}
-    SHAPES.update(added)
-    try:
-        for case in tqdm(cases, desc="bench", unit="case"):
-            calls = candidates(case, with_scipy=False).calls
-            with torch.no_grad():
-                times = time_interleaved({k: calls[k] for k in ("dense", "sparsekern")}, rounds=5,
-                                         round_seconds=0.02)
-            curves[(case.shape, case.batch)][case.sparsity] = times["dense"] / times["sparsekern"]
-    finally:
-        for name in added:
-            del SHAPES[name]
+    for case in tqdm(cases, desc="bench", unit="case"):
+        calls = candidates(case, with_scipy=False).calls
+        with torch.no_grad():
+            times = time_interleaved({k: calls[k] for k in ("dense", "sparsekern")}, rounds=5, round_seconds=0.02)
+        curves[(case.shape, case.batch)][case.sparsity] = times["dense"] / times["sparsekern"]
     return curves
 
 
