@@ -23,6 +23,22 @@ LAYER_TARGETS = {
     "11008x4096-2:4-b256-fp32-hot": {"dense": 1.4},
     "3072x768-2:4-b64-fp32-hot": {"dense": 1.3},
     "768x3072-2:4-b64-fp32-hot": {"dense": 1.3},
+    # bitmap (1 bit per weight + packed values): from 50% sparsity, where CSR does not pay.
+    # Against CSR: better at batch 1 from 50 to 80% sparsity, within 5% batched.
+    "4096x4096-bitmap-s0.5-b1-fp32-hot": {"dense": 1.5, "csr": 1.0},
+    "4096x4096-bitmap-s0.5-b64-fp32-hot": {"dense": 1.15, "csr": 0.95},
+    "4096x4096-bitmap-s0.5-b256-fp32-hot": {"dense": 1.0, "csr": 0.95},
+    "4096x4096-bitmap-s0.6-b1-fp32-hot": {"csr": 1.0},
+    "4096x4096-bitmap-s0.7-b1-fp32-hot": {"dense": 2.4, "csr": 1.0},
+    "4096x4096-bitmap-s0.7-b64-fp32-hot": {"dense": 1.8, "csr": 0.95},
+    "4096x4096-bitmap-s0.7-b256-fp32-hot": {"dense": 1.5, "csr": 0.95},
+    "4096x4096-bitmap-s0.8-b1-fp32-hot": {"csr": 1.0},
+    "3072x768-bitmap-s0.7-b1-fp32-hot": {"dense": 1.8, "csr": 1.0},
+    "3072x768-bitmap-s0.7-b64-fp32-hot": {"dense": 1.6, "csr": 0.95},
+    "768x3072-bitmap-s0.7-b1-fp32-hot": {"dense": 1.8, "csr": 1.0},
+    "768x3072-bitmap-s0.7-b64-fp32-hot": {"dense": 1.6, "csr": 0.95},
+    # bf16 values, fp32 activations, weights from DRAM, against dense fp32.
+    "11008x4096-bitmap-s0.5-b1-bf16-cold": {"dense": 2.5},
 }
 # bf16 values against fp32 values, same shape and pattern, batch 1, hot.
 BF16_TARGETS = {"4096x4096-s0.9-b1": 1.3, "4096x4096-2:4-b1": 1.3, "11008x4096-2:4-b1": 1.3}

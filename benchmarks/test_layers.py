@@ -16,10 +16,15 @@ def nm24(shape, batch, values="fp32", cache="hot"):
     return Case(shape, 0.5, batch, values, cache, format="2:4")
 
 
+def bitmap(shape, sparsity, batch, values="fp32", cache="hot"):
+    return Case(shape, sparsity, batch, values, cache, format="bitmap")
+
+
 QUICK = [
     Case("llama-qkvo", 0.9, 1), Case("llama-qkvo", 0.9, 64), Case("bert-up", 0.9, 1),
     Case("bert-down", 0.9, 64), Case("llama-qkvo", 0.9, 1, "bf16"), Case("bert-up", 0.9, 64, cache="cold"),
     nm24("llama-qkvo", 1), nm24("bert-up", 64),
+    bitmap("llama-qkvo", 0.5, 1), bitmap("llama-qkvo", 0.7, 64),
 ]
 TARGETED = [
     Case("llama-qkvo", 0.9, 1), Case("llama-qkvo", 0.9, 64), Case("llama-qkvo", 0.9, 256),
@@ -29,10 +34,13 @@ TARGETED = [
     Case("bert-up", 0.9, 1, cache="cold"), Case("bert-up", 0.9, 64, cache="cold"),
 ] + [nm24(shape, batch) for shape in ("llama-qkvo", "llama-up") for batch in (1, 64, 256)] + [
     nm24("bert-up", 64), nm24("bert-down", 64),
-]
+] + [bitmap("llama-qkvo", s, b) for s in (0.5, 0.7) for b in (1, 64, 256)] + [
+    bitmap(shape, 0.7, b) for shape in ("bert-up", "bert-down") for b in (1, 64)
+] + [bitmap("llama-qkvo", s, 1) for s in (0.6, 0.8)] + [bitmap("llama-up", 0.5, 1, "bf16", "cold")]
 CACHES = ("hot", "cold")
 FULL = [Case(*c) for c in itertools.product(SHAPES, SPARSITIES, BATCHES, VALUE_DTYPES, CACHES)] + \
-    [nm24(*c) for c in itertools.product(SHAPES, BATCHES, VALUE_DTYPES, CACHES)]
+    [nm24(*c) for c in itertools.product(SHAPES, BATCHES, VALUE_DTYPES, CACHES)] + \
+    [bitmap(*c) for c in itertools.product(SHAPES, (0.5, 0.6, 0.7, 0.8), BATCHES, VALUE_DTYPES, CACHES)]
 # bf16 values against fp32 values at batch 1: (shape, format).
 BF16_QUICK = [("llama-qkvo", "csr")]
 BF16_TARGETED = [("llama-qkvo", "csr"), ("llama-qkvo", "2:4"), ("llama-up", "2:4")]

@@ -6,7 +6,7 @@
 // shapes and contiguity; this module checks that the sizes agree with each other and that
 // the CSR ends where it says, so that a wrong call raises instead of reading out of bounds.
 //
-// Each packed format is a kernel object (CsrLinear, Nm24Linear): built once per layer from its
+// Each packed format is a kernel object (CsrLinear, Nm24Linear, BitmapLinear): built once per layer from its
 // buffers (checked then), then run(...) per call with the activations. Dtypes and ISAs are
 // small integers (their orders are those of cpu_isas() and the enums of linear_args.h), so
 // a call parses no strings. The workspace is this module's, per calling thread.
@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/cpu/bitmap_linear.h"
 #include "../kernels/cpu/cpu_features.h"
 #include "../kernels/cpu/csr_spmm.h"
 #include "../kernels/cpu/nm24_linear.h"
@@ -125,6 +126,7 @@ struct LinearKernel {
 
 using CsrLinear = LinearKernel<cpu::CsrFamily>;
 using Nm24Linear = LinearKernel<cpu::Nm24Family>;
+using BitmapLinear = LinearKernel<cpu::BitmapFamily>;
 
 CsrLinear make_csr(int64_t rows, int64_t cols, int64_t nnz, uintptr_t row_ptr, uintptr_t col_idx, int index_type,
                    uintptr_t values, int value_type) {
@@ -160,6 +162,32 @@ Nm24Linear make_nm24(int64_t rows, int64_t cols, uintptr_t values, int value_typ
   return k;
 }
 
+// nnz is the values' length and words_len the bits' length as the caller allocated them: the
+// offsets must fit them, since the kernels read values up to offsets[rows] and expand loads
+// trust it. That the offsets match the popcounts is sparsekern.formats.bitmap.validate's check.
+BitmapLinear make_bitmap(int64_t rows, int64_t cols, int64_t nnz, uintptr_t bits, int64_t words_len,
+                         uintptr_t offsets, uintptr_t values, int value_type) {
+  check_shape(rows, cols);
+  if (nnz < 0) fail("negative size: nnz = ", nnz);
+  // The batched path keeps offsets col * 64 into its tiles as int32.
+  if (cols > (int64_t(1) << 25)) fail("bitmap kernels take cols <= 2^25, got cols = ", cols);
+  if (words_len != rows * cpu::bitmap_words(cols))
+    fail("bits has ", words_len, " words, expected rows * ceil(cols / 32) = ", rows * cpu::bitmap_words(cols));
+  BitmapLinear k;
+  k.w.rows = rows;
+  k.w.cols = cols;
+  k.w.bits = address<uint32_t>(bits);
+  k.w.offsets = address<int64_t>(offsets);
+  k.w.values = address<void>(values);
+  k.w.value_type = enum_arg<cpu::ValueType>("value type", value_type, 2);
+  if (!offsets) fail("offsets is null");
+  if (k.w.offsets[0] != 0 || k.w.offsets[rows] != nnz)
+    fail("offsets must run from 0 to nnz = ", nnz, ", got ", k.w.offsets[0], " .. ", k.w.offsets[rows]);
+  if (words_len > 0 && !bits) fail("bits is null");
+  if (nnz > 0 && !values) fail("values is null with nnz = ", nnz);
+  return k;
+}
+
 template <typename Kernel>
 void bind_kernel(py::module_& m, const char* name, const char* doc) {
   py::class_<Kernel>(m, name, doc)
@@ -191,6 +219,10 @@ PYBIND11_MODULE(_C, m) {
   bind_kernel<Nm24Linear>(m, "Nm24Linear", "A 2:4 weight's kernels (sparsekern.formats.nm).");
   m.def("nm24_linear", &make_nm24, "Checks a 2:4 weight's buffers and returns its kernel object.",
         py::arg("rows"), py::arg("cols"), py::arg("values"), py::arg("value_type"), py::arg("meta"));
+  bind_kernel<BitmapLinear>(m, "BitmapLinear", "A bitmap weight's kernels (sparsekern.formats.bitmap).");
+  m.def("bitmap_linear", &make_bitmap, "Checks a bitmap weight's buffers and returns its kernel object.",
+        py::arg("rows"), py::arg("cols"), py::arg("nnz"), py::arg("bits"), py::arg("words_len"), py::arg("offsets"),
+        py::arg("values"), py::arg("value_type"));
 #ifdef SPARSEKERN_WITH_CUDA
   m.attr("with_cuda") = true;
   register_cuda(m);

@@ -54,8 +54,10 @@ class Case(NamedTuple):
 
     @property
     def pattern(self) -> str:
-        """'2:4' or the sparsity, as in case ids: 's0.9'."""
-        return "2:4" if self.format == "2:4" else f"s{self.sparsity:g}"
+        """As in case ids: '2:4', the sparsity for CSR ('s0.9'), else format and sparsity ('bitmap-s0.5')."""
+        if self.format == "2:4":
+            return "2:4"
+        return f"s{self.sparsity:g}" if self.format == "csr" else f"{self.format}-s{self.sparsity:g}"
 
     @property
     def id(self) -> str:
@@ -133,6 +135,15 @@ def candidates(case: Case, with_scipy: bool = True) -> Candidates:
         "sparsekern": _cycled(sparsekern_call, sizes["sparsekern"], case.cache),
         "torch.sparse": _cycled(torch_sparse_call, sizes["torch.sparse"], case.cache),
     }
+    if case.format != "csr" and case.format != "2:4":
+        # A new format also answers to the format it means to beat on this pattern.
+        csr_layer = SparseLinear.from_dense(linear, format="csr", value_dtype=VALUE_DTYPES[case.values])
+        sizes["csr"] = csr_layer.weight_bytes
+
+        def csr_call():
+            copy = SparseLinear.from_dense(linear, format="csr", value_dtype=VALUE_DTYPES[case.values])
+            return lambda: copy(x)
+        calls["csr"] = _cycled(csr_call, sizes["csr"], case.cache)
     if with_scipy:
         scipy_call = _scipy_call(weight, x)
         if scipy_call is not None:

@@ -9,6 +9,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from ..formats import PACKED_FORMATS
 from .bench import SHAPES, Case, candidates
 from .timing import time_interleaved
 
@@ -46,7 +47,7 @@ def _parse(argv: List[str]) -> argparse.Namespace:
                    help=f"fractions of zero weights to time, each in [0, 1) (default: {listed(DEFAULT_SPARSITIES)})")
     p.add_argument("--batches", nargs="+", type=int, default=DEFAULT_BATCHES, metavar="B",
                    help=f"batch sizes: rows of x per call (default: {listed(DEFAULT_BATCHES)})")
-    p.add_argument("--format", choices=["csr", "2:4"], default="csr",
+    p.add_argument("--format", choices=list(PACKED_FORMATS), default="csr",
                    help="packed format; 2:4 times its one pattern, not the sparsities (default: csr)")
     p.add_argument("--values", choices=["fp32", "bf16"], default="fp32", help="dtype of the stored values (default: fp32)")
     p.add_argument("--cache", choices=["hot", "cold"], default="hot",

@@ -1,0 +1,50 @@
+// Bitmap-sparse products for SparseLinear(format="bitmap") on the CPU: y = x @ W.T + bias.
+//
+// Framework-free: raw pointers and sizes, no allocation, no environment, no printing.
+// The caller (csrc/python) has checked every size; these functions trust them.
+//
+// Layout (sparsekern/formats/bitmap.py, docs/format.md): blocks of one output row x 32
+// inputs, one uint32 word each. Bit j of word w of row r says whether column 32w + j is kept;
+// the kept values follow row-major in mask order. 32-bit words rather than 16: one word is
+// two AVX-512 masks or four AVX2 ones, one tzcnt loop of the batched path covers 32 columns,
+// and a row pads at most 31 bits (4 bytes). Per-row offsets into the values let every thread
+// start at any row without a prefix sum over the popcounts before it.
+#pragma once
+
+#include <cstdint>
+
+#include "linear_args.h"
+
+namespace sparsekern::cpu {
+
+struct BitmapMatrix {
+  int64_t rows = 0;
+  int64_t cols = 0;  // at most 2^25: the batched path keeps int32 offsets col * 64
+  // [rows x bitmap_words(cols)] uint32, row-major. Bits past cols in a row's last word are 0.
+  const uint32_t* bits = nullptr;
+  // [rows + 1] int64: offsets[0] == 0, offsets[r + 1] - offsets[r] == popcount of row r's
+  // words, offsets[rows] == nnz.
+  const int64_t* offsets = nullptr;
+  // [nnz] float (ValueType::f32) or bfloat16 bits as uint16_t (ValueType::bf16): the kept
+  // weights of row r, in column order, at offsets[r] .. offsets[r + 1].
+  const void* values = nullptr;
+  ValueType value_type = ValueType::f32;
+};
+
+inline int64_t bitmap_words(int64_t cols) { return (cols + 31) / 32; }
+
+// The per-ISA variants (linear_dispatch.h), each defined in bitmap_linear_<isa>.cpp. The
+// batched path copies x into the workspace once per call, transposed into tiles of batch rows.
+struct BitmapFamily {
+  using Matrix = BitmapMatrix;
+  template <Isa isa>
+  static void run(const BitmapMatrix& w, const DenseArgs& a);
+  template <Isa isa>
+  static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
+};
+
+// As for CsrMatrix (csr_spmm.h): overloads by matrix type.
+int64_t workspace_floats(Isa isa, const BitmapMatrix& w, int64_t batch, ActType act, int num_threads);
+void linear(Isa isa, const BitmapMatrix& w, const DenseArgs& a);
+
+}  // namespace sparsekern::cpu
