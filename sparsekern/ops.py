@@ -70,11 +70,11 @@ def kernel_bias(bias: Optional[Tensor]) -> Optional[Tensor]:
     return bias
 
 
-def run_kernel(kernel, x: Tensor, bias: Optional[Tensor], in_features: int, out_features: int,
+def run_kernel(format: str, kernel, x: Tensor, bias: Optional[Tensor], in_features: int, out_features: int,
                isa: Optional[str] = None) -> Tensor:
-    """y = x @ W.T + bias through a compiled kernel object (formats' `kernel`), for CPU x of a
-    kernel dtype and bias already as `kernel_bias` makes it. isa: force a variant by name
-    (tests); default the planner's choice for this batch and dtype.
+    """y = x @ W.T + bias through a compiled kernel object (the `format`'s `kernel`), for CPU x
+    of a kernel dtype and bias already as `kernel_bias` makes it. isa: force a variant by name
+    (tests); default the planner's choice for this format, batch and dtype.
 
     The per-call path of every eager layer: a microsecond here is a tenth of a small layer."""
     x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
@@ -93,7 +93,7 @@ def run_kernel(kernel, x: Tensor, bias: Optional[Tensor], in_features: int, out_
             row_stride = x2.stride(0)
     # Positional sizes: torch.empty with a dtype keyword costs 0.5 us more.
     y = torch.empty(batch, out_features) if dtype is torch.float32 else torch.empty(batch, out_features, dtype=dtype)
-    kernel.run(planner.kernel_isa(batch, dtype) if isa is None else planner.forced_isa(isa), x2.data_ptr(),
+    kernel.run(planner.kernel_isa(format, batch, dtype) if isa is None else planner.forced_isa(isa), x2.data_ptr(),
                KERNEL_ACTIVATIONS[dtype], batch, row_stride, 0 if bias is None else bias.data_ptr(), y.data_ptr(),
                torch.get_num_threads())
     if dtype is not x.dtype:
@@ -115,7 +115,7 @@ def linear_eager(format: str, x: Tensor, tensors: Sequence[Tensor], bias: Option
         return fmt.linear_torch(x, tensors, bias, in_features, out_features)
     tensors = fmt.layout(*(t.contiguous() for t in tensors))
     kernel = fmt.kernel(tensors, in_features, out_features)
-    return run_kernel(kernel, x, kernel_bias(bias), in_features, out_features, isa)
+    return run_kernel(format, kernel, x, kernel_bias(bias), in_features, out_features, isa)
 
 
 # ---- op registration ---------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Every choice sparsekern makes about how to run a layer, in one place.
 
-- Which kernel variant (ISA) runs a call: `kernel_isa(batch, act_dtype)`, per batch bucket and
-  activation dtype, so a variant that pays only for batched inputs (AMX) can be chosen for
-  those alone. Today every bucket takes the most capable ISA this CPU runs (capped by
-  SPARSEKERN_CPU_ISA).
+- Which kernel variant (ISA) runs a call: `kernel_isa(format, batch, act_dtype)`, per format,
+  batch bucket and activation dtype, so a variant that pays only for batched inputs (AMX) can
+  be chosen for those alone. Today every case takes the most capable ISA this CPU runs
+  (capped by SPARSEKERN_CPU_ISA).
 - Which format a layer is stored in, for sparsify(format="auto"): `choose_format` times
   every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
   at the batch sizes asked for, each candidate paired with dense alone.
@@ -29,7 +29,9 @@ DEFAULT_BATCH_SIZES = (1, 64)
 # A packed format must beat dense by this margin at every batch size, so that timing noise
 # cannot pick a format that is really slower.
 WIN_MARGIN = 1.1
-# Below this sparsity no format moves fewer bytes than dense (CSR: 6 B per nonzero against 4).
+# Below this sparsity layers stay dense without being timed: CSR moves more bytes than dense
+# (6 B per nonzero against 4) and bitmap saves under a third of them, which has not been seen
+# to pay batched (at 30%, bitmap measured 1.6x at batch 1 but 0.97x at batch 64 on Zen 5).
 MIN_SPARSITY = 0.3
 
 
@@ -42,15 +44,15 @@ def batch_bucket(batch: int) -> int:
 
 
 @lru_cache(maxsize=None)
-def _isa_for(bucket: int, act_dtype: torch.dtype) -> int:
+def _isa_for(format: str, bucket: int, act_dtype: torch.dtype) -> int:
     return _backend.isa_index(_backend.cpu_isa())
 
 
-@lru_cache(maxsize=1024)
-def kernel_isa(batch: int, act_dtype: torch.dtype) -> int:
-    """The number of the ISA variant that runs a call of this batch size and activation dtype
-    (cached per batch size: it is on every call's path)."""
-    return _isa_for(batch_bucket(batch), act_dtype)
+@lru_cache(maxsize=4096)
+def kernel_isa(format: str, batch: int, act_dtype: torch.dtype) -> int:
+    """The number of the ISA variant that runs a call of this format, batch size and
+    activation dtype (cached per batch size: it is on every call's path)."""
+    return _isa_for(format, batch_bucket(batch), act_dtype)
 
 
 def forced_isa(name: str) -> int:

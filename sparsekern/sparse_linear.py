@@ -222,7 +222,7 @@ class SparseLinear(nn.Module):
             handle = self._kernel_handle()
             if handle is not None and x.ndim >= 1 and x.shape[-1] == self.in_features and \
                     x.dtype in ops.ACTIVATION_DTYPES:
-                return ops.run_kernel(handle.kernel, x, handle.bias, self.in_features, self.out_features)
+                return ops.run_kernel(self.format, handle.kernel, x, handle.bias, self.in_features, self.out_features)
             return ops.linear_eager(self.format, x, self._packed_tensors(), self._parameters["bias"],
                                     self.in_features, self.out_features)
         return ops.linear_op(self.format)(x, *self._packed_tensors(), self._parameters["bias"], self.in_features,

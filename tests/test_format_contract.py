@@ -129,3 +129,18 @@ def test_gradients_match_float64_reference(fmt):
     bias = layer.bias.detach().double().requires_grad_()
     torch.autograd.gradcheck(lambda x, v, b: ops.linear_op(fmt.name)(x, *tensors._replace(values=v), b, 40, 12),
                              (x, values, bias))
+
+
+def test_compile_fullgraph_and_export(fmt):
+    model = nn.Sequential(layer_of(fmt), nn.ReLU()).eval()
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        expected = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), expected)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    assert f"sparsekern.{ops.op_names(fmt)[0]}" in str(program.graph)  # the packed op, not a dense matmul
+    with torch.no_grad():
+        assert program.module()(torch.randn(3, 40)).shape == (3, 12)  # the batch stays dynamic
+        torch.testing.assert_close(program.module()(x), expected)
