@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .. import _backend
-from .common import KERNEL_VALUE_TYPES, PackedFormat, check_mask, check_value_dtype, compute_dtype
+from .common import KERNEL_VALUE_TYPES, PackedFormat, check_mask, check_value_dtype, compute_dtype, through_dense
 
 WORD_BITS = 32
 
@@ -161,19 +161,7 @@ def kernel(tensors: BitmapTensors, in_features: int, out_features: int):
                                      offsets.data_ptr(), values.data_ptr(), KERNEL_VALUE_TYPES[values.dtype])
 
 
-def linear_torch(x: torch.Tensor, tensors: BitmapTensors, bias: Optional[torch.Tensor], in_features: int,
-                 out_features: int) -> torch.Tensor:
-    """y = x @ W.T + bias through the unpacked dense weight, for dtypes/devices the kernels lack."""
-    dtype = compute_dtype(x, tensors.values, bias)
-    weight = unpack(tensors, (out_features, in_features), dtype)
-    return torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype)).to(x.dtype)
-
-
-def grad_input(grad_y: torch.Tensor, tensors: BitmapTensors, in_features: int) -> torch.Tensor:
-    """dL/dx = grad_y @ W."""
-    dtype = compute_dtype(grad_y, tensors.values)
-    weight = unpack(tensors, (tensors.bits.shape[0], in_features), dtype)
-    return (grad_y.to(dtype) @ weight).to(grad_y.dtype)
+linear_torch, grad_input = through_dense(unpack)
 
 
 def sampled_grad(grad_y: torch.Tensor, x: torch.Tensor, tensors: BitmapTensors, in_features: int) -> torch.Tensor:

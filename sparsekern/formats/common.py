@@ -79,3 +79,20 @@ def check_value_dtype(value_dtype: torch.dtype) -> None:
 def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
     """float64 if any tensor is float64 (gradcheck), else float32: the torch paths' precision."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def through_dense(unpack: Callable):
+    """(linear_torch, grad_input) for a format whose torch computation goes through its dense
+    weight (formats that torch.sparse cannot read): y = x @ W.T + bias and grad_y @ W, in
+    float64 if anything is float64, else float32, returned in the input's dtype."""
+    def linear_torch(x, tensors, bias, in_features, out_features):
+        dtype = compute_dtype(x, tensors.values, bias)
+        weight = unpack(tensors, (out_features, in_features), dtype)
+        return torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype)).to(x.dtype)
+
+    def grad_input(grad_y, tensors, in_features):
+        dtype = compute_dtype(grad_y, tensors.values)
+        weight = unpack(tensors, (grad_y.shape[-1], in_features), dtype)
+        return (grad_y.to(dtype) @ weight).to(grad_y.dtype)
+
+    return linear_torch, grad_input

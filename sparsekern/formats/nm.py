@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .. import _backend
-from .common import KERNEL_VALUE_TYPES, PackedFormat, check_mask, check_value_dtype, compute_dtype
+from .common import KERNEL_VALUE_TYPES, PackedFormat, check_mask, check_value_dtype, compute_dtype, through_dense
 
 GROUP = 4  # M of N:M
 KEPT = 2   # N of N:M
@@ -185,19 +185,7 @@ def kernel(nm: Nm24Tensors, in_features: int, out_features: int):
                                    KERNEL_VALUE_TYPES[nm.values.dtype], nm.meta.data_ptr())
 
 
-def linear_torch(x: torch.Tensor, nm: Nm24Tensors, bias: Optional[torch.Tensor], in_features: int,
-                 out_features: int) -> torch.Tensor:
-    """y = x @ W.T + bias through the unpacked dense weight, for dtypes/devices the kernels lack."""
-    dtype = compute_dtype(x, nm.values, bias)
-    weight = unpack(nm, (out_features, in_features), dtype)
-    return torch.nn.functional.linear(x.to(dtype), weight, None if bias is None else bias.to(dtype)).to(x.dtype)
-
-
-def grad_input(grad_y: torch.Tensor, nm: Nm24Tensors, in_features: int) -> torch.Tensor:
-    """dL/dx = grad_y @ W."""
-    dtype = compute_dtype(grad_y, nm.values)
-    weight = unpack(nm, (nm.values.shape[0], in_features), dtype)
-    return (grad_y.to(dtype) @ weight).to(grad_y.dtype)
+linear_torch, grad_input = through_dense(unpack)
 
 
 def sampled_grad(grad_y: torch.Tensor, x: torch.Tensor, nm: Nm24Tensors, in_features: int) -> torch.Tensor:

@@ -168,9 +168,9 @@ void direct(const BitmapMatrix& w, const DenseArgs& a) {
 // ---- batched path --------------------------------------------------------------------------
 
 // y is [batch x rows], so one output row of a tile is T floats a whole y row apart: as in
-// csr_spmm_simd.h, kRowGroups * W output rows are kept in an L1 buffer, transposed through
-// registers and written kRowGroups * W floats at a time.
-constexpr int kRowGroups = 4;
+// csr_spmm_simd.h, simd::kRowGroups * W output rows are kept in an L1 buffer, transposed
+// through registers and written simd::kRowGroups * W floats at a time (store_row_block).
+using simd::kRowGroups;
 
 // acc[k] (+)= the kept weights of row r times the tile rows of their columns.
 template <typename V, int NACC, typename ValueT>
@@ -235,21 +235,7 @@ void tile_rows(const BitmapMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1
         row_times_tile<V, NACC, ValueT>(w, rb + i, tile, acc);
         for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
       }
-      for (int g = 0; g < kRowGroups; ++g)
-        for (int k = 0; k < NACC; ++k) {
-          typename V::reg r[W];
-          for (int i = 0; i < W; ++i) r[i] = V::load(out[g * W + i] + k * W);
-          V::transpose(r);
-          for (int j = 0; j < W; ++j) V::store(out_t[k * W + j] + g * W, r[j]);
-        }
-      for (int64_t t = 0; t < valid; ++t) {
-        float* y = a.y_f32() + (t0 + t) * w.rows + rb;
-        if (block == RB) {
-          for (int g = 0; g < kRowGroups; ++g) V::storeu(y + g * W, V::load(out_t[t] + g * W));
-        } else {
-          for (int64_t i = 0; i < block; ++i) y[i] = out_t[t][i];
-        }
-      }
+      simd::store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * w.rows + rb, w.rows, block, valid);
     }
   }
 }

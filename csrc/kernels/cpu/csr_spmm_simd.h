@@ -89,6 +89,31 @@ void pack_transposed(const DenseArgs& a, int64_t cols, int64_t tile) {
 // registers, and written kRowGroups * width floats at a time (4 groups beat 1 by ~5%).
 constexpr int kRowGroups = 4;
 
+// Writes output rows [0, block) x batch rows [0, valid) of the L1 buffer out[row][batch lane]
+// to y (y[t * y_stride + i] = out[i][t]), transposing W x W pieces through registers into
+// out_t, so that a full block goes out kRowGroups * W floats per store. Shared by every
+// kernel family whose batched path keeps a block of output rows in registers.
+template <typename V, int NACC>
+void store_row_block(const float (*out)[NACC * V::width], float (*out_t)[kRowGroups * V::width], float* y,
+                     int64_t y_stride, int64_t block, int64_t valid) {
+  constexpr int W = V::width;
+  for (int g = 0; g < kRowGroups; ++g)
+    for (int k = 0; k < NACC; ++k) {
+      typename V::reg r[W];
+      for (int i = 0; i < W; ++i) r[i] = V::load(out[g * W + i] + k * W);
+      V::transpose(r);
+      for (int j = 0; j < W; ++j) V::store(out_t[k * W + j] + g * W, r[j]);
+    }
+  for (int64_t t = 0; t < valid; ++t) {
+    float* row = y + t * y_stride;
+    if (block == kRowGroups * W) {
+      for (int g = 0; g < kRowGroups; ++g) V::storeu(row + g * W, V::load(out_t[t] + g * W));
+    } else {
+      for (int64_t i = 0; i < block; ++i) row[i] = out_t[t][i];
+    }
+  }
+}
+
 template <typename V, int NACC, typename IndexT, typename ValueT>
 void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
   constexpr int W = V::width;
@@ -133,21 +158,7 @@ void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
         for (int k = 0; k < NACC; ++k) acc[k] = V::add(acc[k], odd[k]);
         for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
       }
-      for (int g = 0; g < kRowGroups; ++g)
-        for (int k = 0; k < NACC; ++k) {
-          typename V::reg r[W];
-          for (int i = 0; i < W; ++i) r[i] = V::load(out[g * W + i] + k * W);
-          V::transpose(r);
-          for (int j = 0; j < W; ++j) V::store(out_t[k * W + j] + g * W, r[j]);
-        }
-      for (int64_t t = 0; t < valid; ++t) {
-        float* y = a.y_f32() + (t0 + t) * w.rows + rb;
-        if (block == RB) {
-          for (int g = 0; g < kRowGroups; ++g) V::storeu(y + g * W, V::load(out_t[t] + g * W));
-        } else {
-          for (int64_t i = 0; i < block; ++i) y[i] = out_t[t][i];
-        }
-      }
+      store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * w.rows + rb, w.rows, block, valid);
     }
   }
 }
