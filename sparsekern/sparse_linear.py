@@ -25,16 +25,17 @@ class _KernelHandle(NamedTuple):
 
 
 class SparseLinear(nn.Module):
-    """y = x @ W.T + b with W stored packed (a format of sparsekern.formats: 'csr', '2:4') or
-    dense ('dense').
+    """y = x @ W.T + b with W stored packed (a format of sparsekern.formats: 'csr', '2:4',
+    'bitmap') or dense ('dense').
 
     Takes x [..., in_features] of any strides, returns [..., out_features] like nn.Linear.
-    CSR buffers: row_ptr [out + 1] int64, col_idx [nnz] uint16/int32 (buffers) and
-    values [nnz] (a Parameter: a pruned model can be fine-tuned in packed form).
-    2:4 (sparsekern.formats.nm): values [out, in / 2] (a Parameter) and meta
-    [out, ceil(in / 8)] uint8 positions; in_features must be a multiple of 4.
+    A packed format's 'values' tensor is a Parameter (a pruned model can be fine-tuned in
+    packed form), its other tensors buffers (docs/format.md lists them): CSR row_ptr, col_idx;
+    2:4 meta (in_features must be a multiple of 4); bitmap bits, offsets. A dense-format layer
+    keeps its pruning pattern (non-persistent keep_mask), so fine-tuning cannot regrow it.
     Build one with `SparseLinear.from_dense(linear)`; `SparseLinear(in, out, nnz=0)` is an
-    empty skeleton that `load_state_dict` fills with any nnz (2:4 ignores nnz).
+    empty skeleton that `load_state_dict` fills with any nnz (2:4 ignores nnz); the state_dict
+    records the layer's format and shape, and loading another layer's state is refused.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
@@ -112,7 +113,7 @@ class SparseLinear(nn.Module):
                 self.register_buffer(name, t)
 
     def packed(self) -> tuple:
-        """The packed tensors of a packed layer, as its format's layout (CsrTensors, Nm24Tensors)."""
+        """The packed tensors of a packed layer, as its format's layout (CsrTensors, Nm24Tensors, BitmapTensors)."""
         if self.format not in PACKED_FORMATS:
             raise ValueError(f"this layer's format is {self.format!r}, which is not packed")
         layout = PACKED_FORMATS[self.format].layout
