@@ -5,22 +5,26 @@ into a failure (CI only reports them: shared machines are too noisy to gate a me
 """
 # case id -> {baseline: minimum ratio baseline_time / sparsekern_time}
 LAYER_TARGETS = {
-    "4096x4096-s0.9-b1-fp32-hot": {"dense": 8.0, "torch.sparse": 2.0},
-    "4096x4096-s0.9-b64-fp32-hot": {"dense": 5.0, "torch.sparse": 2.0},
+    # CSR floors that hold on every x86 server CPU (the fp32 portability issue): 8x at batch 1
+    # only where dense streams its weights from DRAM (a large L3 keeps 64 MB hot).
+    "4096x4096-s0.9-b1-fp32-hot": {"dense": 6.0, "torch.sparse": 2.0},
+    "4096x4096-s0.9-b64-fp32-hot": {"dense": 5.5, "torch.sparse": 2.0},
     "4096x4096-s0.9-b256-fp32-hot": {"dense": 4.0, "torch.sparse": 2.0},
+    "4096x4096-s0.9-b1-fp32-cold": {"dense": 5.0, "torch.sparse": 2.0},
+    "4096x4096-s0.9-b64-fp32-cold": {"dense": 5.0, "torch.sparse": 2.0},
     "4096x4096-s0.5-b1-fp32-hot": {"dense": 1.2},
-    "3072x768-s0.9-b1-fp32-hot": {"dense": 3.0},
-    "3072x768-s0.9-b64-fp32-hot": {"dense": 3.0},
+    "3072x768-s0.9-b1-fp32-hot": {"dense": 3.0, "torch.sparse": 2.0},
+    "3072x768-s0.9-b64-fp32-hot": {"dense": 3.0, "torch.sparse": 2.0},
     "768x3072-s0.9-b1-fp32-hot": {"dense": 3.0},
     "768x3072-s0.9-b64-fp32-hot": {"dense": 3.0},
     # 2:4 (magnitude 2:4 masks): batch 1 is bound by bytes (2.125 B per weight against 4: at
     # most 1.88x from DRAM), batched by arithmetic (at most 2x).
     "4096x4096-2:4-b1-fp32-hot": {"dense": 1.6},
-    "4096x4096-2:4-b64-fp32-hot": {"dense": 1.4},
-    "4096x4096-2:4-b256-fp32-hot": {"dense": 1.4},
+    "4096x4096-2:4-b64-fp32-hot": {"dense": 1.5},
+    "4096x4096-2:4-b256-fp32-hot": {"dense": 1.3},
     "11008x4096-2:4-b1-fp32-hot": {"dense": 1.6},
-    "11008x4096-2:4-b64-fp32-hot": {"dense": 1.4},
-    "11008x4096-2:4-b256-fp32-hot": {"dense": 1.4},
+    "11008x4096-2:4-b64-fp32-hot": {"dense": 1.5},
+    "11008x4096-2:4-b256-fp32-hot": {"dense": 1.3},
     "3072x768-2:4-b64-fp32-hot": {"dense": 1.3},
     "768x3072-2:4-b64-fp32-hot": {"dense": 1.3},
     # bitmap (1 bit per weight + packed values): from 50% sparsity, where CSR does not pay.
@@ -43,7 +47,7 @@ LAYER_TARGETS = {
 # bf16 values against fp32 values, same shape and pattern, batch 1, hot.
 BF16_TARGETS = {"4096x4096-s0.9-b1": 1.3, "4096x4096-2:4-b1": 1.3, "11008x4096-2:4-b1": 1.3}
 # Whole 8-layer MLP (8 x Linear 768<->3072 with ReLU, the BERT-base MLP shape), sparsified vs dense torch.
-MODEL_TARGETS = {"mlp8-s0.9-b1": 4.0, "mlp8-s0.9-b64": 6.5}
+MODEL_TARGETS = {"mlp8-s0.9-b1": 5.0, "mlp8-s0.9-b64": 6.0}
 # format="auto" is never more than 5% slower than dense.
 AUTO_MIN_RATIO = 0.95
 # Per call at batch 1, fp32, hot: SparseLinear (csr) against nn.Linear holding the masked weights.
