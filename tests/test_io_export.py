@@ -216,3 +216,15 @@ def test_onnx_export_without_the_extra_names_it(missing, tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=rf'needs the {missing} package: pip install "sparsekern\[onnx\]"'):
         sk.export_onnx(model, (torch.randn(4, 64),), str(path))
     assert not path.exists() and isinstance(model[0], sk.SparseLinear)
+
+
+def test_onnx_export_of_bitmap_layers_is_sparse_and_matches(tmp_path):
+    onnx_runtime()
+    model = sparse_model(width=256, density=0.1, formats=("bitmap", "bitmap", "bitmap"))
+    path = tmp_path / "model.onnx"
+    info = sk.export_onnx(model, (torch.randn(2, 256),), str(path))
+    assert info["sparse_constants"] == 3  # 12 B per nonzero at 10% density beats 4 B per weight
+    x = torch.randn(3, 256)
+    _, (y,) = run_onnx(path, {"input": x})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-5, atol=1e-5)
