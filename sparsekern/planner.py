@@ -182,15 +182,6 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     return _format_cache[key]
 
 
-def paired_ratios(dense, candidate, rounds: int = 9, round_seconds: float = 0.003) -> List[float]:
-    """How many times faster `candidate` ran than `dense` in each of `rounds` rounds. The two
-    run alone, side by side (a third candidate in the same rounds slows the others), and a
-    round's ratio compares calls made moments apart, so load from other processes cancels
-    unless it hits one call of the pair."""
-    times = timing.time_rounds({"dense": dense, "candidate": candidate}, rounds=rounds, round_seconds=round_seconds)
-    return [d / c for d, c in zip(times["dense"], times["candidate"])]
-
-
 def robust_ratio(measure, plausible: Tuple[float, float]) -> Tuple[float, bool]:
     """(ratio, clean): the median of `measure()`'s per-round ratios from the first measurement
     whose rounds agree (spread at most MAX_SPREAD) and whose median lies in the `plausible`
@@ -239,7 +230,7 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
         from .ops_cuda import paired_ratios as ratios_of
         run = lambda name, x, tensors: ops.linear_op(name)(x, *tensors, bias, in_features, out_features)  # noqa: E731
     else:
-        ratios_of = paired_ratios
+        ratios_of = timing.paired_ratios
         run = lambda name, x, tensors: ops.linear_eager(name, x, tensors, bias, in_features, out_features)  # noqa: E731
     with torch.no_grad():
         for batch in batch_sizes:

@@ -23,8 +23,9 @@ def fake_rounds(ratios):
     """A stand-in for timing.time_rounds: dense 10 us per call; the candidate 10 us / ratio,
     one ratio per round from `ratios` (an iterator of per-measurement lists)."""
     def time_rounds(candidates, rounds=7, round_seconds=0.005):
+        baseline, candidate = candidates  # timed in pairs: dense first
         per_round = next(ratios)
-        return {"dense": [1e-5] * len(per_round), "candidate": [1e-5 / r for r in per_round]}
+        return {baseline: [1e-5] * len(per_round), candidate: [1e-5 / r for r in per_round]}
     return time_rounds
 
 

@@ -44,6 +44,15 @@ def time_rounds(candidates: Dict[str, Callable[[], object]], rounds: int = 7,
     return samples
 
 
+def paired_ratios(baseline: Callable[[], object], subject: Callable[[], object], rounds: int = 9,
+                  round_seconds: float = 0.003) -> List[float]:
+    """How many times faster `subject` ran than `baseline` in each of `rounds` rounds: the two
+    alone, side by side, so a round's ratio compares calls made moments apart and load from
+    other processes cancels unless it hits one call of the pair."""
+    times = time_rounds({"baseline": baseline, "subject": subject}, rounds=rounds, round_seconds=round_seconds)
+    return [b / s for b, s in zip(times["baseline"], times["subject"])]
+
+
 def ratios_against(calls: Dict[str, Callable[[], object]], subject: str = "sparsekern", rounds: int = 7,
                    round_seconds: float = 0.005) -> Tuple[Dict[str, float], Dict[str, float]]:
     """Each baseline timed alone beside `subject`, never beside a third candidate (which was
