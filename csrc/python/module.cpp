@@ -97,6 +97,14 @@ cpu::DenseArgs dense_args(int64_t rows, int64_t cols, uintptr_t x, int act_type,
   return a;
 }
 
+// A row-start array ([rows + 1] int64: CSR's row_ptr, bitmap's offsets) must begin at 0 and end
+// at the number of stored values: the kernels read values up to its last entry.
+void check_row_starts(const char* name, const int64_t* starts, int64_t rows, int64_t nnz) {
+  if (!starts) fail(name, " is null");
+  if (starts[0] != 0 || starts[rows] != nnz)
+    fail(name, " must run from 0 to nnz = ", nnz, ", got ", starts[0], " .. ", starts[rows]);
+}
+
 void check_shape(int64_t rows, int64_t cols) {
   if (rows < 0 || cols < 0) fail("negative size: rows = ", rows, ", cols = ", cols);
 }
@@ -142,9 +150,7 @@ CsrLinear make_csr(int64_t rows, int64_t cols, int64_t nnz, uintptr_t row_ptr, u
   k.w.value_type = enum_arg<cpu::ValueType>("value type", value_type, 2);
   if (k.w.index_type == cpu::IndexType::u16 && cols > 65536)
     fail("uint16 column indices need cols <= 65536, got cols = ", cols);
-  if (!row_ptr) fail("row_ptr is null");
-  if (k.w.row_ptr[0] != 0 || k.w.row_ptr[rows] != nnz)
-    fail("row_ptr must run from 0 to nnz = ", nnz, ", got ", k.w.row_ptr[0], " .. ", k.w.row_ptr[rows]);
+  check_row_starts("row_ptr", k.w.row_ptr, rows, nnz);
   if (nnz > 0 && (!col_idx || !values)) fail("col_idx or values is null with nnz = ", nnz);
   return k;
 }
@@ -180,9 +186,7 @@ BitmapLinear make_bitmap(int64_t rows, int64_t cols, int64_t nnz, uintptr_t bits
   k.w.offsets = address<int64_t>(offsets);
   k.w.values = address<void>(values);
   k.w.value_type = enum_arg<cpu::ValueType>("value type", value_type, 2);
-  if (!offsets) fail("offsets is null");
-  if (k.w.offsets[0] != 0 || k.w.offsets[rows] != nnz)
-    fail("offsets must run from 0 to nnz = ", nnz, ", got ", k.w.offsets[0], " .. ", k.w.offsets[rows]);
+  check_row_starts("offsets", k.w.offsets, rows, nnz);
   if (words_len > 0 && !bits) fail("bits is null");
   if (nnz > 0 && !values) fail("values is null with nnz = ", nnz);
   return k;
