@@ -1,6 +1,7 @@
 """`sparsekern bench`: time chosen layer cases, or read a pytest-benchmark JSON; print speedups
 over dense, the break-even sparsity per shape and batch, and optionally plot them (PNG).
---format 2:4 times the 2:4 pattern instead of a sparsity sweep."""
+--format 2:4 times the 2:4 pattern instead of a sparsity sweep. `sparsekern bench --llm` times
+decode and prefill of a Llama-shaped model instead (its own options: `--llm --help`)."""
 import argparse
 import json
 import re
@@ -38,6 +39,8 @@ def _parse(argv: List[str]) -> argparse.Namespace:
         return " ".join(map(str, values))
 
     p = argparse.ArgumentParser(prog="sparsekern bench", description=__doc__)
+    p.add_argument("--llm", action="store_true",
+                   help="time decode and prefill of a Llama-shaped model instead (see --llm --help)")
     p.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
                    help="named layer shapes (out x in): " + ", ".join(f"{k}={o}x{i}" for k, (o, i) in SHAPES.items())
                    + f" (default: {listed(DEFAULT_SHAPES)}, unless --shape is given)")
@@ -179,6 +182,9 @@ def plot(curves: Curves, path: str) -> None:
 
 
 def main(argv: List[str]) -> int:
+    if "--llm" in argv:
+        from . import llm_bench
+        return llm_bench.main(argv)
     args = _parse(argv)
     curves = read_json(args) if args.json else measure(args)
     source = f"from {args.json}, " if args.json else ""
