@@ -5,7 +5,7 @@
     model = sk.sparsify(model)          # nn.Linear -> SparseLinear (compiled CSR / 2:4 kernels)
     print(sk.summary(model))
 """
-from . import _backend, ops, prune
+from . import _backend, eval, ops, prune
 
 if _backend._C.with_cuda:
     from . import ops_cuda  # noqa: F401  (registers the CUDA kernels of the ops)
@@ -19,4 +19,4 @@ from .summary import summary
 __version__ = "0.1.0"
 
 __all__ = ["SparseLinear", "sparsify", "summary", "prune", "ops", "cpu_isa", "supported_cpu_isas",
-           "save", "load", "inspect_file", "export_onnx"]
+           "save", "load", "inspect_file", "export_onnx", "eval"]

@@ -1,4 +1,5 @@
-"""sparsify(model): every selected nn.Linear of a model replaced by a SparseLinear, in place."""
+"""sparsify(model): every selected nn.Linear (and transformers Conv1D) of a model replaced by a
+SparseLinear, in place."""
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -7,6 +8,7 @@ from torch import nn
 
 from . import planner, prune
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
+from .prune._linear import as_linear, is_conv1d, linear_mask, with_conv1d
 from .prune._select import Selector, check_materialized, lookalike_note, tied_weights, wanted
 from .sparse_linear import AUTO, SparseLinear, check_format
 
@@ -14,7 +16,8 @@ CHOICES = (*LAYER_FORMATS, AUTO)
 
 
 def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
-    """(parent, attribute, full name) of every nn.Linear below model that can be replaced.
+    """(parent, attribute, full name) of every nn.Linear (or transformers Conv1D, GPT-2's
+    linear layer with its weight stored [in, out]) below model that can be replaced.
 
     nn.MultiheadAttention's out_proj is skipped: its parent reads out_proj.weight directly
     (F.multi_head_attention_forward) instead of calling the module."""
@@ -22,7 +25,7 @@ def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
         if isinstance(parent, nn.MultiheadAttention):
             continue
         for attr, child in parent.named_children():
-            if isinstance(child, nn.Linear):
+            if isinstance(child, nn.Linear) or is_conv1d(child):
                 yield parent, attr, f"{parent_name}.{attr}" if parent_name else attr
 
 
@@ -47,9 +50,9 @@ def _check_explicit_format(format: str, targets: List[Tuple[nn.Module, str, str]
     if fmt is None:
         return
     for parent, attr, name in targets:
-        linear = getattr(parent, attr)
+        linear = _as_linear(getattr(parent, attr))
         weight = getattr(linear, "weight_orig", linear.weight).detach()
-        problem = fmt.incompatible(check_mask(weight, getattr(linear, "weight_mask", None)))
+        problem = fmt.incompatible(check_mask(weight, _mask(getattr(parent, attr))))
         if problem:
             raise ValueError(f"layer {name!r} cannot be stored as {format!r}: {problem}. Leave it out with "
                              f"exclude={name!r}, or use format='auto', which keeps such layers in a format "
@@ -93,7 +96,7 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
                if wanted(name, getattr(parent, attr), include, exclude)]
     check_materialized(model, [(name, getattr(parent, attr)) for parent, attr, name in targets])
     targets = _untied(model, targets)
-    skipped = lookalike_note(model, include, exclude, (nn.Linear, SparseLinear))
+    skipped = lookalike_note(model, include, exclude, with_conv1d(model, (nn.Linear, SparseLinear)))
     if skipped:
         warnings.warn(skipped.replace("are not pruned", "are not sparsified"), stacklevel=2)
     _check_explicit_format(format, [t for t in targets if (plan or {}).get(t[2]) is None])
@@ -101,8 +104,9 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     for parent, attr, name in bar:
         bar.set_postfix_str(name, refresh=False)
         layer_format = (plan or {}).get(name, format)
-        layer = SparseLinear.from_dense(getattr(parent, attr), format=layer_format, value_dtype=value_dtype,
-                                        batch_sizes=batch_sizes)
+        child = getattr(parent, attr)
+        layer = SparseLinear.from_dense(_as_linear(child), _mask(child), format=layer_format,
+                                        value_dtype=value_dtype, batch_sizes=batch_sizes)
         if name in (plan or {}):
             layer.choice_note = "pinned by plan"
         setattr(parent, attr, layer)
@@ -114,6 +118,16 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
         elif isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
             _keep_off_fused_encoder(module)
     return model
+
+
+def _as_linear(module: nn.Module) -> nn.Linear:
+    """The nn.Linear to pack: the module itself, or a Conv1D's weight transposed."""
+    return as_linear(module) if is_conv1d(module) else module
+
+
+def _mask(module: nn.Module):
+    """The attached mask as [out, in] (None: from_dense reads the Linear's own)."""
+    return linear_mask(module) if is_conv1d(module) else None
 
 
 def _fused_encoder_off(module, args):

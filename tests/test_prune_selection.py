@@ -112,7 +112,8 @@ def test_only_tied_layers_is_an_error_that_says_why():
 # ------------------------------------------------------------------ look-alike linears
 
 class Conv1D(nn.Module):
-    """Shaped like transformers.pytorch_utils.Conv1D: a linear layer with weight [in, out]."""
+    """Shaped like transformers.pytorch_utils.Conv1D: a linear layer with weight [in, out],
+    but without its ``nf`` attribute, so no method takes it for the real one."""
 
     def __init__(self, nf, nx):
         super().__init__()
@@ -149,7 +150,8 @@ def test_linear_lookalikes_are_named_in_one_warning(method):
     assert len(lookalike) == 1, messages
     assert "3 module(s) that look like linear layers are not pruned (2 Conv1D, 1 Projection; first: '1')" \
         in lookalike[0]
-    assert "only Linear modules are" in lookalike[0] and "weight = conv1d.weight.T" in lookalike[0]
+    assert "only Linear modules are" in lookalike[0] and "is pruned by magnitude, random, nm, wanda and sparsegpt" \
+        in lookalike[0]
     assert touched(model[5]) and not any(touched(model[i]) for i in (0, 1, 3, 4))
 
 

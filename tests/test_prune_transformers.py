@@ -35,44 +35,44 @@ def test_tied_lm_head_is_found():
 def test_magnitude_leaves_the_tied_embedding_alone_and_says_why():
     model = gpt2()
     embedding = model.transformer.wte.weight.detach().clone()
-    # lm_head is GPT-2's only nn.Linear: skipping it leaves nothing, and the error says why
-    with pytest.raises(ValueError) as error:
-        prune.magnitude(model, 0.9)
-    message = str(error.value)
-    assert "lm_head.weight is tied to transformer.wte.weight: skipped; pass prune_tied=True to prune it" in message
-    assert "4 module(s) that look like linear layers are not pruned (4 Conv1D; " \
-           "first: 'transformer.h.0.attn.c_attn')" in message
-    assert torch.equal(model.transformer.wte.weight, embedding)
-
-
-def test_prune_tied_prunes_head_and_embedding_and_warns_once_about_conv1d():
-    model = gpt2()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        prune.magnitude(model, 0.9, prune_tied=True)
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and messages[0].startswith("4 module(s) that look like linear layers are not "
-                                                         "pruned (4 Conv1D;"), messages
+    with pytest.warns(UserWarning) as caught:
+        prune.magnitude(model, 0.9, scope="layer")
+    assert [str(w.message) for w in caught] == \
+        ["lm_head.weight is tied to transformer.wte.weight: skipped; pass prune_tied=True to prune it"]
     assert caught[0].filename == __file__  # points at the user's call
+    assert torch.equal(model.transformer.wte.weight, embedding)
+    # GPT-2's Conv1D layers are pruned, each to 90% (their weight is [in, out])
+    assert prune.layer_sparsity(model, exclude="lm_head") == pytest.approx(
+        {f"transformer.h.0.{name}": 0.9 for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")},
+        abs=1e-3)
+
+
+def test_prune_tied_prunes_head_and_embedding_without_warnings():
+    model = gpt2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune.magnitude(model, 0.9, scope="layer", prune_tied=True)
     assert (model.transformer.wte.weight == 0).float().mean().item() == pytest.approx(0.9, abs=1e-3)
 
 
-def test_wanda_accepts_batch_encoding():
+def test_wanda_accepts_batch_encoding_and_compares_conv1d_weights_within_output_rows():
     model = gpt2()
-    with pytest.warns(UserWarning, match="Conv1D"):
-        prune.wanda(model, [encoding(), encoding()], 0.5, prune_tied=True)
+    prune.wanda(model, [encoding(), encoding()], 0.5, prune_tied=True)
     assert (model.lm_head.weight_mask.sum(1) == 16).all()  # half of each row of 32
+    c_fc = model.transformer.h[0].mlp.c_fc  # weight [in 32, out 128]: an output row is a column
+    assert (c_fc.weight_mask.sum(0) == 16).all()
 
 
 def test_one_batch_encoding_in_place_of_the_batches_is_a_clear_error():
     expected = ("batches is one BatchEncoding (keys ['input_ids', 'attention_mask']): "
                 "pass an iterable of batches, e.g. [batch]")
-    with pytest.warns(UserWarning, match="Conv1D"), pytest.raises(TypeError, match=re.escape(expected)):
+    with pytest.raises(TypeError, match=re.escape(expected)):
         prune.wanda(gpt2(), encoding(), 0.5, prune_tied=True)
 
 
 def test_meta_device_points_to_loading_weights():
     with torch.device("meta"):
         model = GPT2LMHeadModel(gpt2().config)
-    with pytest.raises(ValueError, match=re.escape("GPT2LMHeadModel has weights on the meta device (lm_head)")):
+    with pytest.raises(ValueError, match=re.escape("GPT2LMHeadModel has weights on the meta device "
+                                                   "(transformer.h.0.attn.c_attn,")):
         prune.magnitude(model, 0.5, prune_tied=True)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
+from ..prune._linear import is_conv1d
 from ..sparse_linear import SparseLinear
 from .file_header import (FORMAT_VERSION, METADATA_KEY, FileHeader, LayerRecord, TensorEntry, dtype_name,
                           layer_entries, layer_record, read_header)
@@ -121,7 +122,8 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     """Loads a file written by `save` into `model`, in place, and returns `model`.
 
     `model` is the architecture built from code: each layer the file records as a
-    SparseLinear must exist there as an nn.Linear (or SparseLinear) of the same shape and
+    SparseLinear must exist there as an nn.Linear (or SparseLinear, or transformers' Conv1D
+    with its [in, out] weight) of the same shape and
     bias; it is replaced by a SparseLinear in the recorded format, filled from the packed
     tensors (no dense weight is built). Every other parameter and buffer must match the
     file by name, shape and dtype. device: where the tensors go (default: the model's).
@@ -141,9 +143,13 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             current = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"{where}: the model has no such module") from None
-        if not isinstance(current, (nn.Linear, SparseLinear)):
-            raise ValueError(f"{where}: the model has a {type(current).__name__} there, expected nn.Linear")
-        shape = (current.in_features, current.out_features, current.bias is not None)
+        if is_conv1d(current):  # GPT-2's linear layer, weight stored [in, out]
+            shape = (*current.weight.shape, current.bias is not None)
+        elif isinstance(current, (nn.Linear, SparseLinear)):
+            shape = (current.in_features, current.out_features, current.bias is not None)
+        else:
+            raise ValueError(f"{where}: the model has a {type(current).__name__} there, expected nn.Linear "
+                             "(or transformers' Conv1D)")
         if shape != (layer.in_features, layer.out_features, layer.bias):
             raise ValueError(f"{where}: the file holds in_features={layer.in_features}, out_features="
                              f"{layer.out_features}, bias={layer.bias}; the model has in_features="

@@ -22,6 +22,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from ._linear import out_in, stored, with_conv1d
 from ._select import Selector, select
 
 SCOPES = ("global", "layer", "row")
@@ -265,23 +266,29 @@ def prune_by_scores(modules: list[tuple[str, nn.Module]], scores: Mapping[str, t
     if scope == "global":
         drops = _global_drops(masked, float(sparsity), cap)  # validated above, in per_layer
     for name, module in modules:
-        groups = masked[name].reshape(module.weight.shape[0] if scope == "row" else 1, -1)
-        drop = drops[name] if scope == "global" else round(per_layer[name] * groups.shape[1])
-        apply_mask(module, keep_mask(groups, drop).view_as(module.weight), name)
+        if scope == "row":  # rows are outputs: a Conv1D's stored weight is [in, out]
+            rows = out_in(module, masked[name])
+            keep = stored(module, keep_mask(rows, round(per_layer[name] * rows.shape[1])))
+        else:
+            groups = masked[name].reshape(1, -1)
+            drop = drops[name] if scope == "global" else round(per_layer[name] * groups.shape[1])
+            keep = keep_mask(groups, drop).view_as(module.weight)
+        apply_mask(module, keep, name)
 
 
 # ------------------------------------------------------------------------- reports
 
 def layer_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
                    types: tuple[type, ...] = (nn.Linear,)) -> dict[str, float]:
-    """Fraction of zero entries in each selected module's effective weight."""
+    """Fraction of zero entries in each selected module's effective weight (nn.Linear
+    covers transformers' Conv1D too)."""
     return {name: (effective_weight(m) == 0).float().mean().item()
-            for name, m in select(model, include, exclude, types)}
+            for name, m in select(model, include, exclude, with_conv1d(model, types))}
 
 
 def global_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
                     types: tuple[type, ...] = (nn.Linear,)) -> float:
     """Fraction of zero weights over all selected modules, weighted by size."""
-    modules = select(model, include, exclude, types)
+    modules = select(model, include, exclude, with_conv1d(model, types))
     zeros = sum(int((effective_weight(m) == 0).sum()) for _, m in modules)
     return zeros / sum(m.weight.numel() for _, m in modules)

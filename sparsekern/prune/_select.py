@@ -73,8 +73,8 @@ def lookalike_note(model: nn.Module, include: Selector, exclude: Selector, types
     note = (f"{len(found)} module(s) that look like linear layers are not pruned ({kinds}; first: "
             f"{found[0][0]!r}): only {_kinds(types)} modules are")
     if "Conv1D" in counts:
-        note += (". transformers' Conv1D is a linear layer whose weight is stored transposed ([in, out]): "
-                 "replace it by an nn.Linear with weight = conv1d.weight.T to prune and sparsify it")
+        note += (". transformers' Conv1D (a linear layer storing its weight as [in, out]) is pruned by "
+                 "magnitude, random, nm, wanda and sparsegpt, and converted by sparsify")
     return note
 
 

@@ -1,5 +1,9 @@
 """Sparsity learned during training with L0 regularization: hard-concrete gates on the
-weights (Louizos et al. 2018), then masks from the gates' test-time estimator."""
+weights (Louizos et al. 2018), then masks from the gates' test-time estimator.
+
+nn.Linear (and ``types``) only: transformers' Conv1D layers (GPT-2) are left as they
+are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
+"""
 from __future__ import annotations
 
 import math

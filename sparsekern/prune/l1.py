@@ -1,5 +1,9 @@
 """Sparsity learned during training with an L1 penalty, then pruned by thresholding
-(Han et al. 2015)."""
+(Han et al. 2015).
+
+nn.Linear (and ``types``) only: transformers' Conv1D layers (GPT-2) are left as they
+are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
+"""
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ._masks import MAX_LAYER_SPARSITY, magnitude_scores, prune_by_scores
+from ._linear import with_conv1d
 from ._select import Selector, prunable
 
 
@@ -24,15 +25,16 @@ def magnitude(model: nn.Module, sparsity: float | Mapping[str, float], scope: st
     max_layer_sparsity: under scope="global", no layer is pruned beyond this fraction
         (default 0.99; 1.0 removes the cap); what a capped layer cannot give is taken
         from the others, so the global target is still met. ValueError when it cannot be.
-    Modules: every nn.Linear by default (``types=(nn.Linear, nn.Conv2d)`` adds convs),
+    Modules: every nn.Linear and transformers Conv1D (GPT-2) by default
+    (``types=(nn.Linear, nn.Conv2d)`` adds convs),
     filtered by ``include``/``exclude`` (glob on qualified names, list, or predicate).
     A module whose weight is tied to another parameter (GPT-2's lm_head and token
     embedding) is skipped with a warning unless ``prune_tied=True``; so, with a
-    warning, are linear-like modules of other types (transformers' Conv1D). A layer
+    warning, are linear-like modules of other types. A layer
     left with no weight at all gets a warning.
     Existing masks are kept and combined with. Returns ``model`` (modified in place).
     """
-    modules = prunable(model, include, exclude, types, prune_tied)
+    modules = prunable(model, include, exclude, with_conv1d(model, types), prune_tied)
     scores = magnitude_scores(modules)
     prune_by_scores(modules, scores, sparsity, scope, max_layer_sparsity)
     return model
@@ -52,7 +54,7 @@ def random(model: nn.Module, sparsity: float | Mapping[str, float], scope: str =
         raise ValueError(f"give seed or generator, not both (seed = {seed!r})")
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    modules = prunable(model, include, exclude, types, prune_tied)
+    modules = prunable(model, include, exclude, with_conv1d(model, types), prune_tied)
     scores = {name: torch.rand(module.weight.shape, generator=generator) for name, module in modules}
     prune_by_scores(modules, scores, sparsity, scope, max_layer_sparsity)
     return model

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ._masks import apply_mask, keep_mask, magnitude_scores, masked_scores
+from ._linear import in_features, out_in, stored, with_conv1d
 from ._select import Selector, prunable
 
 
@@ -19,14 +20,15 @@ def nm(model: nn.Module, n: int = 2, m: int = 4, scores: Mapping[str, torch.Tens
 
     scores: {module name: tensor shaped like its weight}, e.g. from ``taylor_scores``
         or ``wanda_scores``; default |w|.
-    Only nn.Linear modules (every one by default, see ``include``/``exclude``); tied
+    nn.Linear and transformers Conv1D modules (every one by default, see
+    ``include``/``exclude``); tied
     weights are skipped unless ``prune_tied`` (see ``magnitude``).
     Raises ValueError when 1 <= n <= m fails or when a layer's in_features is not a
     multiple of m (no padding: the 2:4 format needs whole groups). Existing masks are
     combined with, so a group may end up with fewer than n nonzeros. Returns ``model``.
     """
     check_nm(n, m)
-    modules = prunable(model, include, exclude, (nn.Linear,), prune_tied)
+    modules = prunable(model, include, exclude, with_conv1d(model, (nn.Linear,)), prune_tied)
     apply_nm(modules, n, m, magnitude_scores(modules) if scores is None else scores)
     return model
 
@@ -41,8 +43,9 @@ def apply_nm(modules: list[tuple[str, nn.Module]], n: int, m: int, scores: Mappi
     """The N:M masks of ``nm`` on already selected modules (shared with ``wanda``).
     Checks every layer's in_features before masking any."""
     for name, module in modules:
-        if module.in_features % m:
-            raise ValueError(f"{name}: in_features = {module.in_features} is not a multiple of m = {m}")
+        if in_features(module) % m:
+            raise ValueError(f"{name}: in_features = {in_features(module)} is not a multiple of m = {m}")
     for name, module in modules:
-        groups = masked_scores(scores, name, module).reshape(-1, m)
-        apply_mask(module, keep_mask(groups, m - n).view_as(module.weight), name)
+        rows = out_in(module, masked_scores(scores, name, module))  # groups run along the inputs
+        keep = keep_mask(rows.reshape(-1, m), m - n).view(rows.shape)
+        apply_mask(module, stored(module, keep), name)

@@ -1,4 +1,8 @@
-"""Per-layer sensitivity analysis and sparsity allocation from it."""
+"""Per-layer sensitivity analysis and sparsity allocation from it.
+
+nn.Linear (and ``types``) only: transformers' Conv1D layers (GPT-2) are left as they
+are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence

@@ -1,5 +1,9 @@
 """Structured pruning: whole neurons (weight rows) or input channels (columns), masked
-or physically removed so the model is smaller and faster with plain dense kernels."""
+or physically removed so the model is smaller and faster with plain dense kernels.
+
+nn.Linear (and ``types``) only: transformers' Conv1D layers (GPT-2) are left as they
+are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
+"""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,8 @@
-"""First-order Taylor importance |w * dL/dw| (Molchanov et al. 2019)."""
+"""First-order Taylor importance |w * dL/dw| (Molchanov et al. 2019).
+
+nn.Linear (and ``types``) only: transformers' Conv1D layers (GPT-2) are left as they
+are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping

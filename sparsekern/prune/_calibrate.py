@@ -1,0 +1,191 @@
+"""Calibration passes shared by the data-driven one-shot methods (wanda, sparsegpt):
+statistics of every selected layer's inputs, gathered through forward pre-hooks, then a
+pruning step.
+
+Two ways to run it:
+- all at once: one pass of the whole model over the batches, then every layer pruned;
+- sequentially (Wanda's and SparseGPT's own recipe for LLMs): the inputs of the first
+  block of the decoder stack are captured, then block by block the calibration inputs
+  run through that block alone, its layers are pruned, and the pruned block's outputs
+  become the next block's inputs. Block i so sees what blocks 0..i-1 produce *after*
+  they were pruned, and only one block's activations are held at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ._data import calibration, progress, run_model
+from ._linear import in_features
+
+# Keyword arguments through which a block reaches the KV cache: calibration runs without one.
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
+
+
+class _Stop(Exception):
+    """Raised by the hook on the first block once its inputs are captured: the rest of the
+    model need not run."""
+
+
+def find_blocks(model: nn.Module, blocks: str | None = None) -> tuple[str, nn.ModuleList] | None:
+    """(name, module list) of the decoder (or encoder) stack: ``blocks`` names it
+    ("model.layers"), else the nn.ModuleList of at least 2 children of one class holding
+    the most parameters (Llama's model.layers, GPT-2's transformer.h, BERT's
+    encoder.layer). None when the model has none."""
+    if blocks is not None:
+        if not isinstance(blocks, str):
+            raise TypeError(f"blocks = {blocks!r}: expected the qualified name of a module list, e.g. 'model.layers'")
+        try:
+            found = model.get_submodule(blocks)
+        except AttributeError:
+            raise ValueError(f"blocks = {blocks!r}: {type(model).__name__} has no such module") from None
+        if not isinstance(found, (nn.ModuleList, nn.Sequential)) or len(found) < 2:
+            raise ValueError(f"blocks = {blocks!r} is a {type(found).__name__} of {len(list(found.children()))} "
+                             "children: expected an nn.ModuleList (or nn.Sequential) of at least 2 blocks")
+        return blocks, found
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        children = list(module.children()) if isinstance(module, nn.ModuleList) else []
+        if len(children) < 2 or len({type(c) for c in children}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = (name, module), size
+    return best
+
+
+@contextlib.contextmanager
+def _without_cache(model: nn.Module):
+    """Hugging Face models keep a KV cache when config.use_cache: calibration must not."""
+    config = getattr(model, "config", None)
+    saved = getattr(config, "use_cache", None)
+    if saved is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if saved is not None:
+            config.use_cache = saved
+
+
+def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _capture_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable, desc: str) -> list:
+    """[(args, kwargs)] the first block is called with, one per batch (the model stops there)."""
+    captured = []
+
+    def hook(module, args, kwargs):
+        if not args and "hidden_states" not in kwargs:
+            raise TypeError(f"{type(module).__name__} was called without a positional input or hidden_states=: "
+                            "cannot calibrate it block by block; pass sequential=False")
+        kwargs = {k: (None if k in _CACHE_KWARGS else (False if k == "use_cache" else v))
+                  for k, v in kwargs.items()}
+        captured.append((tuple(args), kwargs))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in calibration(batches, desc):
+            try:
+                run_model(model, batch)
+            except _Stop:
+                continue
+            raise ValueError(f"the model returned without calling its first block ({type(first).__name__}): "
+                             "pass blocks= naming the stack the model runs, or sequential=False")
+    finally:
+        handle.remove()
+    return captured
+
+
+def _collecting(modules: list[tuple[str, nn.Module]], make_stats: Callable):
+    """Forward pre-hooks feeding each module's 2-D input to its stats; returns (stats, handles)."""
+    stats = {name: make_stats(name, module) for name, module in modules}
+
+    def collect(name):
+        def hook(module, args):
+            stats[name].add(args[0].detach().reshape(-1, in_features(module)))
+        return hook
+
+    handles = [module.register_forward_pre_hook(collect(name)) for name, module in modules]
+    return stats, handles
+
+
+def _pass(model, modules, batches, make_stats, prune_group, desc) -> None:
+    """One pass of the whole model over the batches, then the modules pruned."""
+    stats, handles = _collecting(modules, make_stats)
+    seen = 0
+    try:
+        for batch in calibration(batches, desc):
+            run_model(model, batch)
+            seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
+    prune_group([(name, module, stats[name]) for name, module in modules])
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable, modules: list[tuple[str, nn.Module]], make_stats: Callable,
+              prune_group: Callable, *, sequential: bool | None, blocks: str | None, desc: str) -> None:
+    """Collect ``make_stats(name, module)`` objects (``.add(x)`` takes the module's input as
+    [tokens, in_features]) and call ``prune_group([(name, module, stats), ...])``:
+    block by block when ``sequential`` (None: when a block stack is found), else once.
+    Layers outside the stack (lm_head) are calibrated last, on the pruned model."""
+    if sequential is not None and not isinstance(sequential, bool):
+        raise TypeError(f"sequential = {sequential!r}: expected True, False or None (auto)")
+    found = find_blocks(model, blocks) if sequential is not False else None
+    if sequential and found is None:
+        raise ValueError(f"sequential=True, but {type(model).__name__} has no stack of blocks (an nn.ModuleList "
+                         "of at least 2 modules of one class): name it with blocks=, or pass sequential=False")
+    if found is None:
+        with _without_cache(model):
+            _pass(model, modules, batches, make_stats, prune_group, desc)
+        return
+    stack_name, stack = found
+    if not isinstance(batches, (list, tuple)):
+        batches = list(batches)  # iterated once per pass
+    prefixes = [f"{stack_name}.{i}." if stack_name else f"{i}." for i in range(len(stack))]
+    inside = [[(n, m) for n, m in modules if n.startswith(p)] for p in prefixes]
+    outside = [(n, m) for n, m in modules if not any(n.startswith(p) for p in prefixes)]
+    with _without_cache(model):
+        inputs = _capture_block_inputs(model, stack[0], batches, desc)
+        if not inputs:
+            raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
+        for i, block in enumerate(progress(stack, f"{desc} blocks")):
+            if inside[i]:
+                stats, handles = _collecting(inside[i], make_stats)
+                try:
+                    for args, kwargs in inputs:
+                        block(*args, **kwargs)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                prune_group([(name, module, stats[name]) for name, module in inside[i]])
+            if i + 1 < len(stack):  # the next block's inputs, from this block as pruned
+                inputs = [_with_hidden(args, kwargs, _first(block(*args, **kwargs))) for args, kwargs in inputs]
+        del inputs
+        if outside:
+            _pass(model, outside, batches, make_stats, prune_group, desc)
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def warn_unseen(method: str, names: list[str], fallback: str) -> None:
+    if names:
+        warnings.warn(f"{method}: no input reached {names} (called functionally?); {fallback}", stacklevel=4)
