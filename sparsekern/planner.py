@@ -130,22 +130,11 @@ def cpu_model() -> str:
 
 @lru_cache(maxsize=1)
 def cache_sizes() -> Dict[str, int]:
-    """Bytes of this CPU's data caches per level ('L1d', 'L2', 'L3'; 0 where the system does
-    not say), from /sys/devices/system/cpu/cpu0/cache: kernel and benchmark parameters follow
-    the machine, not the CPU they were tuned on."""
-    sizes = {"L1d": 0, "L2": 0, "L3": 0}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            text = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        name = "L1d" if level == "1" and kind == "Data" else f"L{level}" if kind == "Unified" else None
-        if name in sizes and text.rstrip("KMG").isdigit():
-            sizes[name] = int(text.rstrip("KMG")) * scale
-    return sizes
+    """Bytes of this CPU's data caches per level ('L1d', 'L2' per core, 'L3' as cpu0's share;
+    0 where neither /sys/devices/system/cpu/cpu0/cache nor CPUID says), as the kernels read
+    them (csrc/kernels/cpu/tile_params.h): kernel and benchmark parameters follow the machine,
+    not the CPU they were tuned on."""
+    return dict(_backend._C.cpu_caches())
 
 
 def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, value_dtype: Optional[torch.dtype],
