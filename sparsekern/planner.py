@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -258,7 +259,13 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
 TUNE_ENV = "SPARSEKERN_TUNE"
 TUNE_MARGIN = 1.05
 TUNE_ROUNDS = 5
-TUNE_ROUND_SECONDS = 0.002  # about 0.2 s per layer for a few candidates at one or two batch sizes
+MIN_TUNE_ROUNDS = 3
+TUNE_ROUND_SECONDS = 0.002
+# Seconds of timing a layer may take; choices are cached per shape, sparsity and batch bucket,
+# so a model pays it once per distinct layer (a transformer has a handful). A layer whose calls
+# are too slow for MIN_TUNE_ROUNDS rounds of every candidate within it keeps the default tiles,
+# and its note says so.
+TUNE_BUDGET_S = 1.0
 # The batch from which each format's kernels read tiles (their batched paths): smaller batches
 # are not tuned.
 TILED_FROM = {"csr": 2, "2:4": 4, "bitmap": 8}
@@ -367,27 +374,53 @@ def choose_tiles(format: str, tensors, in_features: int, out_features: int, spar
     return _tile_cache[key]
 
 
-def _tile_ratios(format, kernels, name, in_features, out_features, batch) -> List[float]:
+def _tile_ratios(format, kernels, name, in_features, out_features, batch, rounds) -> List[float]:
     """Per-round ratios (default time / candidate time) at one batch size, paired."""
     from .ops import run_kernel
     x = torch.randn(batch, in_features)
     return timing.paired_ratios(
         lambda: run_kernel(format, kernels["default"], x, None, in_features, out_features),
         lambda: run_kernel(format, kernels[name], x, None, in_features, out_features),
-        rounds=TUNE_ROUNDS, round_seconds=TUNE_ROUND_SECONDS)
+        rounds=rounds, round_seconds=TUNE_ROUND_SECONDS)
+
+
+def _affordable_rounds(format, kernel, in_features, out_features, batches, candidates: int) -> Tuple[int, float]:
+    """(rounds, seconds of the slowest call): the rounds (at most TUNE_ROUNDS) that every
+    candidate and the recheck fit in TUNE_BUDGET_S, each round timing at least one call of
+    each side of a pair, plus two warm-up calls each."""
+    from .ops import run_kernel
+    seconds = 0.0
+    for batch in batches:
+        x = torch.randn(batch, in_features)
+        run_kernel(format, kernel, x, None, in_features, out_features)
+        call = float("inf")
+        for _ in range(2):  # the faster of two: one call may be preempted
+            start = time.perf_counter()
+            run_kernel(format, kernel, x, None, in_features, out_features)
+            call = min(call, time.perf_counter() - start)
+        seconds += 2 * max(call, TUNE_ROUND_SECONDS)  # a round: one pair, at least round_seconds each
+    per_round_all = (candidates + 1) * seconds
+    rounds = int(TUNE_BUDGET_S / per_round_all) - 2
+    return min(TUNE_ROUNDS, rounds), seconds / 2
 
 
 def _measure_tiles(format, kernels, candidates, in_features, out_features, batches) -> Tuple[Optional[str], str]:
     """(winning candidate or None, note): a candidate wins when its worst round beats the
     defaults by TUNE_MARGIN at every batch, twice in a row; the best such worst round wins."""
     with torch.no_grad():
+        rounds, call = _affordable_rounds(format, kernels["default"], in_features, out_features, batches,
+                                          len(candidates))
+        if rounds < MIN_TUNE_ROUNDS:
+            return None, f"default tiles (not tuned: calls take {call * 1e3:.1f} ms, over the {TUNE_BUDGET_S} s budget)"
         worst = {}
         for name in candidates:
-            worst[name] = min(min(_tile_ratios(format, kernels, name, in_features, out_features, b)) for b in batches)
+            worst[name] = min(min(_tile_ratios(format, kernels, name, in_features, out_features, b, rounds))
+                              for b in batches)
         ranked = sorted(candidates, key=worst.get, reverse=True)
         best = ranked[0]
         if worst[best] >= TUNE_MARGIN:
-            recheck = min(min(_tile_ratios(format, kernels, best, in_features, out_features, b)) for b in batches)
+            recheck = min(min(_tile_ratios(format, kernels, best, in_features, out_features, b, rounds))
+                          for b in batches)
             if recheck >= TUNE_MARGIN:
                 return best, f"{best}: >= {min(worst[best], recheck):.2f}x over default tiles at batch " + \
                     "/".join(map(str, batches))

@@ -21,7 +21,8 @@ def test_cache_sizes_come_from_the_kernels_reading():
 def test_tiles_follow_the_caches():
     default = _C.TileParams().as_dict()
     assert _C.tile_params_for(48 << 10, 1 << 20).as_dict() == default  # the measured CPU's constants
-    assert _C.tile_params().as_dict() == _C.tile_params_for(*(planner.cache_sizes()[k] for k in ("L1d", "L2", "L3"))).as_dict()
+    caches = planner.cache_sizes()
+    assert _C.tile_params().as_dict() == _C.tile_params_for(caches["L1d"], caches["L2"], caches["L3"]).as_dict()
     assert _C.tile_params_for(48 << 10, 2 << 20).nm24_block_rows > default["nm24_block_rows"]
 
 

@@ -22,6 +22,7 @@ def tuning(monkeypatch, tmp_path):
     monkeypatch.setenv(planner.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(planner, "_tile_cache", {})
     monkeypatch.setattr(planner, "_tile_disk_loaded", False)
+    monkeypatch.setattr(planner, "TUNE_BUDGET_S", 1e9)  # a busy machine must not skip tuning here
     return tmp_path
 
 
@@ -120,6 +121,14 @@ def test_off_switch_and_untiled_batches_time_nothing(monkeypatch, tmp_path):
         layer = sk.SparseLinear.from_dense(linear, mask=mask, format="2:4", batch_sizes=batches)
         assert layer.tile_choice is None and layer.tuning_note == ""
     assert calls == [] and not (tmp_path / "tile_choices.json").exists()
+
+
+def test_layers_too_slow_for_the_budget_keep_the_defaults(tuning, monkeypatch):
+    monkeypatch.setattr(planner, "TUNE_BUDGET_S", 0.0)
+    calls = fake_ratios(monkeypatch, [])
+    linear, mask = layer_2_4()
+    layer = sk.SparseLinear.from_dense(linear, mask=mask, format="2:4", batch_sizes=(64,))
+    assert layer.tile_choice is None and "not tuned" in layer.tuning_note and calls == []
 
 
 def test_sparsify_tunes_bitmap_layers(tuning, monkeypatch):
