@@ -7,13 +7,16 @@
 - Which format a layer is stored in, for sparsify(format="auto"): `choose_format` times
   every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
   at the batch sizes asked for, each candidate paired with dense alone.
+- Which cache tiles a packed CPU layer's batched calls use: `choose_tiles` (pack-time
+  autotuning, off with SPARSEKERN_TUNE=0), paired against this CPU's derived tiles.
 
-Choices are cached, keyed by everything they depend on; format choices also on disk.
+Choices are cached, keyed by everything they depend on; format and tile choices also on disk.
 """
 import json
 import os
 import platform
 import statistics
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -130,22 +133,11 @@ def cpu_model() -> str:
 
 @lru_cache(maxsize=1)
 def cache_sizes() -> Dict[str, int]:
-    """Bytes of this CPU's data caches per level ('L1d', 'L2', 'L3'; 0 where the system does
-    not say), from /sys/devices/system/cpu/cpu0/cache: kernel and benchmark parameters follow
-    the machine, not the CPU they were tuned on."""
-    sizes = {"L1d": 0, "L2": 0, "L3": 0}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level = (index / "level").read_text().strip()
-            kind = (index / "type").read_text().strip()
-            text = (index / "size").read_text().strip().upper()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        name = "L1d" if level == "1" and kind == "Data" else f"L{level}" if kind == "Unified" else None
-        if name in sizes and text.rstrip("KMG").isdigit():
-            sizes[name] = int(text.rstrip("KMG")) * scale
-    return sizes
+    """Bytes of this CPU's data caches per level ('L1d', 'L2' per core, 'L3' as cpu0's share;
+    0 where neither /sys/devices/system/cpu/cpu0/cache nor CPUID says), as the kernels read
+    them (csrc/kernels/cpu/tile_params.h): kernel and benchmark parameters follow the machine,
+    not the CPU they were tuned on."""
+    return dict(_backend._C.cpu_caches())
 
 
 def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, value_dtype: Optional[torch.dtype],
@@ -251,3 +243,186 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
     if ranked and min(ratios[ranked[0]]) >= WIN_MARGIN:
         return ranked[0], notes, clean
     return "dense", f"kept dense: {notes}" if notes else "kept dense: no packed format holds this mask", clean
+
+
+# ---- tile choice (pack-time autotuning) -------------------------------------------------------
+#
+# The kernels' cache tiles come from this CPU's cache sizes (csrc/kernels/cpu/tile_params.h),
+# with fractions measured on one CPU. Where a layer's batched calls read tiles, `choose_tiles`
+# times a few alternatives against those defaults, each paired with the default kernel alone
+# (timing.paired_ratios), and keeps one only if it won every round by TUNE_MARGIN at every
+# tuned batch size and a second measurement agrees: a tie keeps the defaults. Choices persist
+# on disk beside the format choices, keyed by CPU model, ISA, threads, format, shape, sparsity,
+# value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off (the derived defaults,
+# deterministic); the test suites set it.
+
+TUNE_ENV = "SPARSEKERN_TUNE"
+TUNE_MARGIN = 1.05
+TUNE_ROUNDS = 5
+MIN_TUNE_ROUNDS = 3
+TUNE_ROUND_SECONDS = 0.002
+# Seconds of timing a layer may take; choices are cached per shape, sparsity and batch bucket,
+# so a model pays it once per distinct layer (a transformer has a handful). A layer whose calls
+# are too slow for MIN_TUNE_ROUNDS rounds of every candidate within it keeps the default tiles,
+# and its note says so.
+TUNE_BUDGET_S = 1.0
+# The batch from which each format's kernels read tiles (their batched paths): smaller batches
+# are not tuned.
+TILED_FROM = {"csr": 2, "2:4": 4, "bitmap": 8}
+
+_tile_cache: Dict[str, Tuple[Optional[Dict[str, int]], str]] = {}
+_tile_disk_loaded = False
+
+
+def tuning_enabled() -> bool:
+    """Whether sparsify / from_dense time tile alternatives (SPARSEKERN_TUNE, default on)."""
+    return os.environ.get(TUNE_ENV, "1").strip() not in ("0", "off", "false", "no")
+
+
+def tile_cache_path() -> Path:
+    """Where tile choices persist: tile_choices.json beside cache_path()'s format choices."""
+    return cache_path().with_name("tile_choices.json")
+
+
+def tile_candidates(format: str, default: Dict[str, int]) -> Dict[str, Dict[str, int]]:
+    """Named alternatives to the default tiles that could win for this format: the 2:4 block
+    halved or doubled in rows and columns (L2 share), the bitmap decode list halved or doubled
+    (L1 share). CSR's only tile (the pack column block) has not been seen to matter."""
+    def with_(**changes):
+        return {**default, **changes}
+    if format == "2:4":
+        rows, cols = default["nm24_block_rows"], default["nm24_block_cols"]
+        return {"2:4 rows x2": with_(nm24_block_rows=2 * rows),
+                "2:4 rows /2": with_(nm24_block_rows=max(6, rows // 2 // 6 * 6)),
+                "2:4 cols /2": with_(nm24_block_cols=cols // 2, nm24_block_rows=2 * rows)}
+    if format == "bitmap":
+        decode = default["bitmap_decode_cols"]
+        return {"decode x2": with_(bitmap_decode_cols=2 * decode),
+                "decode /2": with_(bitmap_decode_cols=max(32, decode // 2))}
+    return {}
+
+
+def _tiles_object(tiles: Dict[str, int]):
+    t = _backend._C.TileParams()
+    for name, value in tiles.items():
+        setattr(t, name, int(value))
+    return t
+
+
+def apply_tiles(kernel, tiles: Optional[Dict[str, int]]) -> None:
+    """Gives a compiled kernel object a tuned tile choice (None: keep this CPU's defaults)."""
+    if tiles:
+        kernel.tiles = _tiles_object(tiles)
+
+
+def _load_tile_disk_cache() -> None:
+    global _tile_disk_loaded
+    if _tile_disk_loaded:
+        return
+    _tile_disk_loaded = True
+    try:
+        stored = json.loads(tile_cache_path().read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(stored, dict):
+        for key, value in stored.items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str) and \
+                    (value[0] is None or isinstance(value[0], dict)):
+                _tile_cache[key] = (value[0], value[1])
+
+
+def _save_tile_choice(key: str) -> None:
+    path = tile_cache_path()
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            stored = {}
+    except (OSError, ValueError):
+        stored = {}
+    stored[key] = list(_tile_cache[key])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: the in-process cache still holds the choice
+
+
+def choose_tiles(format: str, tensors, in_features: int, out_features: int, sparsity: float,
+                 batch_sizes: Sequence[int]) -> Tuple[Optional[Dict[str, int]], str]:
+    """(tiles or None for this CPU's defaults, note) for a packed CPU layer, as described above.
+    `tensors`: the format's packed, contiguous CPU tensors with kernel dtypes."""
+    from .formats import PACKED_FORMATS as formats
+
+    default = _backend._C.tile_params().as_dict()
+    candidates = tile_candidates(format, default)
+    tiled = sorted({batch_bucket(b) for b in batch_sizes if b >= TILED_FROM.get(format, 1 << 62)})
+    if not candidates or not tiled:
+        return None, ""
+    key = json.dumps([cpu_model(), _backend.cpu_isa(), torch.get_num_threads(), format, out_features, in_features,
+                      round(sparsity, 2), str(tensors.values.dtype), tiled, default])
+    _load_tile_disk_cache()
+    if key not in _tile_cache:
+        fmt = formats[format]
+        kernels = {name: fmt.kernel(tensors, in_features, out_features) for name in ("default", *candidates)}
+        for name, tiles in candidates.items():
+            apply_tiles(kernels[name], tiles)
+        winner, note = _measure_tiles(format, kernels, candidates, in_features, out_features, tiled)
+        _tile_cache[key] = (candidates[winner] if winner else None, note)
+        _save_tile_choice(key)
+    return _tile_cache[key]
+
+
+def _tile_ratios(format, kernels, name, in_features, out_features, batch, rounds) -> List[float]:
+    """Per-round ratios (default time / candidate time) at one batch size, paired."""
+    from .ops import run_kernel
+    x = torch.randn(batch, in_features)
+    return timing.paired_ratios(
+        lambda: run_kernel(format, kernels["default"], x, None, in_features, out_features),
+        lambda: run_kernel(format, kernels[name], x, None, in_features, out_features),
+        rounds=rounds, round_seconds=TUNE_ROUND_SECONDS)
+
+
+def _affordable_rounds(format, kernel, in_features, out_features, batches, candidates: int) -> Tuple[int, float]:
+    """(rounds, seconds of the slowest call): the rounds (at most TUNE_ROUNDS) that every
+    candidate and the recheck fit in TUNE_BUDGET_S, each round timing at least one call of
+    each side of a pair, plus two warm-up calls each."""
+    from .ops import run_kernel
+    seconds = 0.0
+    for batch in batches:
+        x = torch.randn(batch, in_features)
+        run_kernel(format, kernel, x, None, in_features, out_features)
+        call = float("inf")
+        for _ in range(2):  # the faster of two: one call may be preempted
+            start = time.perf_counter()
+            run_kernel(format, kernel, x, None, in_features, out_features)
+            call = min(call, time.perf_counter() - start)
+        seconds += 2 * max(call, TUNE_ROUND_SECONDS)  # a round: one pair, at least round_seconds each
+    per_round_all = (candidates + 1) * seconds
+    rounds = int(TUNE_BUDGET_S / per_round_all) - 2
+    return min(TUNE_ROUNDS, rounds), seconds / 2
+
+
+def _measure_tiles(format, kernels, candidates, in_features, out_features, batches) -> Tuple[Optional[str], str]:
+    """(winning candidate or None, note): a candidate wins when its worst round beats the
+    defaults by TUNE_MARGIN at every batch, twice in a row; the best such worst round wins."""
+    with torch.no_grad():
+        rounds, call = _affordable_rounds(format, kernels["default"], in_features, out_features, batches,
+                                          len(candidates))
+        if rounds < MIN_TUNE_ROUNDS:
+            return None, f"default tiles (not tuned: calls take {call * 1e3:.1f} ms, over the {TUNE_BUDGET_S} s budget)"
+        worst = {}
+        for name in candidates:
+            worst[name] = min(min(_tile_ratios(format, kernels, name, in_features, out_features, b, rounds))
+                              for b in batches)
+        ranked = sorted(candidates, key=worst.get, reverse=True)
+        best = ranked[0]
+        if worst[best] >= TUNE_MARGIN:
+            recheck = min(min(_tile_ratios(format, kernels, best, in_features, out_features, b, rounds))
+                          for b in batches)
+            if recheck >= TUNE_MARGIN:
+                return best, f"{best}: >= {min(worst[best], recheck):.2f}x over default tiles at batch " + \
+                    "/".join(map(str, batches))
+            return None, f"default tiles ({best} won {worst[best]:.2f}x, not on recheck)"
+    return None, f"default tiles (best alternative {best}: worst round {worst[best]:.2f}x)"

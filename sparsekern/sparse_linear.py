@@ -60,6 +60,10 @@ class SparseLinear(nn.Module):
         self.register_parameter("bias", nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
                                 if bias else None)
         self.choice_note = ""  # why sparsify(format="auto") chose this format
+        # The cache tiles pack-time tuning chose (planner.choose_tiles; None: this CPU's
+        # defaults) and what it measured. Layers pickled before tuning existed lack both.
+        self.tile_choice: Optional[dict] = None
+        self.tuning_note = ""
         self._handle: Optional[_KernelHandle] = None
 
     @classmethod
@@ -100,7 +104,24 @@ class SparseLinear(nn.Module):
             if has_bias:
                 layer.bias.copy_(linear.bias.detach())
         layer.choice_note = note
+        if format in PACKED_FORMATS and planner.tuning_enabled():
+            layer.tune(batch_sizes)
         return layer
+
+    def tune(self, batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES) -> None:
+        """Times cache-tile alternatives for this layer's batched CPU calls at `batch_sizes`
+        and keeps one only where it clearly beats this CPU's defaults (planner.choose_tiles);
+        from_dense and sparsify do this unless SPARSEKERN_TUNE=0. A no-op for layers the CPU
+        kernels do not run (dense, other devices, float16 values)."""
+        if self.format not in PACKED_FORMATS:
+            return
+        packed = self.packed()
+        if not (packed.values.is_cpu and packed.values.dtype in KERNEL_VALUE_TYPES):
+            return
+        packed = PACKED_FORMATS[self.format].layout(*(t.detach().contiguous() for t in packed))
+        self.tile_choice, self.tuning_note = planner.choose_tiles(
+            self.format, packed, self.in_features, self.out_features, self.sparsity, batch_sizes)
+        self._handle = None  # the next call builds its kernel with the choice
 
     def _set_packed(self, tensors: tuple) -> None:
         """Installs a packed format's tensors: 'values' as a Parameter, the rest as buffers."""
@@ -205,8 +226,9 @@ class SparseLinear(nn.Module):
             self._handle = None
             return None
         fmt.check_tensors(packed, self.in_features, self.out_features)
-        self._handle = _KernelHandle(key, fmt.kernel(packed, self.in_features, self.out_features),
-                                     ops.kernel_bias(self._parameters["bias"]))
+        kernel = fmt.kernel(packed, self.in_features, self.out_features)
+        planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
+        self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]))
         return self._handle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,16 @@ class LayerRow(NamedTuple):
     weight_bytes: int
     dense_bytes: int
     note: str
+    # The cache tiles pack-time tuning chose ("" for this CPU's defaults or no tuning); a default,
+    # so rows pickled before the column existed still load.
+    tuning: str = ""
 
 
 class Summary:
     """Rows for every SparseLinear and nn.Linear of a model. print(summary) (str()) gives the
-    table: layer, format, shape, sparsity, weight bytes and their ratio to dense, and why
-    sparsify chose the format; `.plan` gives the choices back for sparsify(plan=...)."""
+    table: layer, format, shape, sparsity, weight bytes and their ratio to dense, why
+    sparsify chose the format, and the cache tiles pack-time tuning chose (`tuning`,
+    planner.choose_tiles); `.plan` gives the choices back for sparsify(plan=...)."""
 
     def __init__(self, rows: List[LayerRow]):
         self.rows = rows
@@ -40,14 +44,15 @@ class Summary:
         return sum(r.dense_bytes for r in self.rows)
 
     def __str__(self) -> str:
-        header = ("layer", "format", "shape (out x in)", "sparsity", "weight bytes", "vs dense", "note")
+        header = ("layer", "format", "shape (out x in)", "sparsity", "weight bytes", "vs dense", "note", "tuning")
         lines = [header]
         for r in self.rows:
             lines.append((r.name, r.format, f"{r.out_features} x {r.in_features}", f"{r.sparsity:.1%}",
-                          f"{r.weight_bytes:,}", f"{r.weight_bytes / max(r.dense_bytes, 1):.2f}x", r.note))
+                          f"{r.weight_bytes:,}", f"{r.weight_bytes / max(r.dense_bytes, 1):.2f}x", r.note,
+                          getattr(r, "tuning", "")))
         total = self.dense_bytes
         lines.append(("total", "", "", "", f"{self.weight_bytes:,}",
-                      f"{self.weight_bytes / max(total, 1):.2f}x", ""))
+                      f"{self.weight_bytes / max(total, 1):.2f}x", "", ""))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
@@ -64,11 +69,12 @@ def summary(model: nn.Module) -> Summary:
             dtype = module.value_dtype
             dense = module.in_features * module.out_features * dtype.itemsize
             rows.append(LayerRow(name or "(model)", module.format, module.out_features, module.in_features,
-                                 module.sparsity, module.weight_bytes, dense, module.choice_note))
+                                 module.sparsity, module.weight_bytes, dense, module.choice_note,
+                                 getattr(module, "tuning_note", "")))
         elif isinstance(module, nn.Linear):
             w = module.weight
             zeros = 1 - float(w.count_nonzero()) / max(w.numel(), 1)
             rows.append(LayerRow(name or "(model)", "nn.Linear", module.out_features, module.in_features,
                                  zeros, w.numel() * w.element_size(), w.numel() * w.element_size(),
-                                 "not sparsified"))
+                                 "not sparsified", ""))
     return Summary(rows)

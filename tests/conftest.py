@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import sparsekern
+# Deterministic kernels: no pack-time tile tuning (planner.choose_tiles) unless a test asks.
+os.environ.setdefault("SPARSEKERN_TUNE", "0")
+
+import sparsekern  # noqa: E402
 
 # Relative error allowed per unit of sqrt(K), by the dtype the result is rounded to: float32
 # accumulation error grows like sqrt(K) * eps; bf16/fp16 outputs add their own rounding.

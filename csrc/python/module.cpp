@@ -24,6 +24,7 @@
 #include "../kernels/cpu/cpu_features.h"
 #include "../kernels/cpu/csr_spmm.h"
 #include "../kernels/cpu/nm24_linear.h"
+#include "../kernels/cpu/tile_params.h"
 #include "checks.h"
 
 namespace py = pybind11;
@@ -116,6 +117,8 @@ constexpr int64_t kReleaseGilFrom = 4096;
 template <typename Family>
 struct LinearKernel {
   typename Family::Matrix w;
+  // This CPU's tiles unless the planner's tuner picked others for this layer (planner.py).
+  cpu::TileParams tiles = cpu::tile_params();
 
   // y[batch, rows] = x[batch, cols] @ W.T + bias with the ISA of index `isa`.
   void run(int isa_index, uintptr_t x, int act_type, int64_t batch, int64_t x_row_stride, uintptr_t bias,
@@ -123,6 +126,7 @@ struct LinearKernel {
     const cpu::Isa isa = runnable_isa(isa_index);
     cpu::DenseArgs a = dense_args(w.rows, w.cols, x, act_type, batch, x_row_stride, bias, y, num_threads);
     if (batch == 0 || w.rows == 0) return;
+    a.tiles = tiles;
     a.workspace = thread_workspace(cpu::workspace_floats(isa, w, batch, a.act_type, num_threads));
     // Other Python threads may run meanwhile, unless the product is too small to repay
     // giving up and taking back the GIL.
@@ -197,7 +201,38 @@ void bind_kernel(py::module_& m, const char* name, const char* doc) {
   py::class_<Kernel>(m, name, doc)
       .def("run", &Kernel::run, "y = x @ W.T + bias, by raw addresses (x and y of the activation type).",
            py::arg("isa"), py::arg("x"), py::arg("act_type"), py::arg("batch"), py::arg("x_row_stride"),
-           py::arg("bias"), py::arg("y"), py::arg("num_threads"));
+           py::arg("bias"), py::arg("y"), py::arg("num_threads"))
+      .def_readwrite("tiles", &Kernel::tiles, "The cache tiles this weight's calls use (TileParams).");
+}
+
+py::dict cache_dict(const cpu::CacheSizes& c) {
+  py::dict d;
+  d["L1d"] = c.l1d;
+  d["L2"] = c.l2;
+  d["L3"] = c.l3;
+  return d;
+}
+
+void bind_tiles(py::module_& m) {
+  py::class_<cpu::TileParams>(m, "TileParams", "Cache tile sizes of the CPU kernels (tile_params.h).")
+      .def(py::init<>())
+      .def_readwrite("nm24_block_rows", &cpu::TileParams::nm24_block_rows)
+      .def_readwrite("nm24_block_cols", &cpu::TileParams::nm24_block_cols)
+      .def_readwrite("pack_col_block", &cpu::TileParams::pack_col_block)
+      .def_readwrite("bitmap_decode_cols", &cpu::TileParams::bitmap_decode_cols)
+      .def("as_dict", [](const cpu::TileParams& t) {
+        py::dict d;
+        d["nm24_block_rows"] = t.nm24_block_rows;
+        d["nm24_block_cols"] = t.nm24_block_cols;
+        d["pack_col_block"] = t.pack_col_block;
+        d["bitmap_decode_cols"] = t.bitmap_decode_cols;
+        return d;
+      });
+  m.def("cpu_caches", [] { return cache_dict(cpu::cpu_caches()); },
+        "Bytes of this CPU's L1d, L2 (per core) and L3 (cpu0's share): /sys, else CPUID; 0 if unknown.");
+  m.def("tile_params", [] { return cpu::tile_params(); }, "The tiles derived from this CPU's caches.");
+  m.def("tile_params_for", [](int64_t l1d, int64_t l2, int64_t l3) { return cpu::tile_params_for({l1d, l2, l3}); },
+        "The tiles a CPU with these cache sizes (bytes) gets.", py::arg("l1d"), py::arg("l2"), py::arg("l3") = 0);
 }
 
 }  // namespace
@@ -216,6 +251,7 @@ PYBIND11_MODULE(_C, m) {
         "Whether this CPU has a named feature (avx512f, avx512_bf16, amx_tile, ...).");
   m.def("best_cpu_isa", [] { return std::string(cpu::isa_name(cpu::best_cpu_isa())); },
         "The fastest ISA variant this CPU supports.");
+  bind_tiles(m);
   bind_kernel<CsrLinear>(m, "CsrLinear", "A CSR weight's kernels (sparsekern.formats.csr).");
   m.def("csr_linear", &make_csr, "Checks a CSR weight's buffers and returns its kernel object.",
         py::arg("rows"), py::arg("cols"), py::arg("nnz"), py::arg("row_ptr"), py::arg("col_idx"),

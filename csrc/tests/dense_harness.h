@@ -49,6 +49,16 @@ struct DenseCase {
 
 inline int failures = 0;
 
+// The cache tiles run_and_check passes the kernels (tile_params.h): the tests sweep several,
+// tiny and odd ones included, since any tiles must give the same products.
+inline cpu::TileParams tiles_under_test;
+
+// Tile sets the tests sweep besides the defaults: the smallest legal tiles, odd sizes the
+// dispatchers round, and sizes far beyond any cache that they clamp.
+inline std::vector<cpu::TileParams> extra_tile_sets() {
+  return {{2, 16, 1, 32}, {7, 36, 5, 100}, {100000, 1 << 20, 100000, 1 << 20}};
+}
+
 // The ISA variants to test: every one this CPU runs; the others are named as skipped.
 inline std::vector<cpu::Isa> runnable_isas() {
   std::vector<cpu::Isa> isas;
@@ -88,6 +98,7 @@ void run_and_check(const DenseCase& c, const RowTerms& terms, int64_t workspace_
   a.y = bf16 ? static_cast<void*>(y16.data()) : y.data();
   a.workspace = workspace;
   a.num_threads = 2;
+  a.tiles = tiles_under_test;
   kernel(a);
   std::free(workspace);
   if (bf16)

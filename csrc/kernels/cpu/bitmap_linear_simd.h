@@ -25,7 +25,7 @@
 // and each kept weight becomes one broadcast and NACC FMAs against its tile row. The set
 // bits of a row are first decoded into a short list of tile offsets (decode: a table lookup
 // per 8 columns, no branch per bit), so the FMA loop runs over a known count: one
-// mispredicted loop exit per kDecodeCols columns instead of one per word. Against CSR this
+// mispredicted loop exit per tiles.bitmap_decode_cols columns (tile_params.h) instead of one per word. Against CSR this
 // trades the 2-byte column index per nonzero for the decode's work: even where tile loads
 // from L2/L3 bound both (4096 x 4096), about 0.8x where the tile fits L2 (3072 x 768).
 #pragma once
@@ -52,7 +52,6 @@ namespace {
 // (4096 x 4096, 70%) direct won up to batch 6 and lost from 8.
 constexpr int64_t kBatchedFrom = 8;
 constexpr int kDirectBatch = 4;  // activation rows per pass of the direct path
-constexpr int64_t kDecodeCols = 1024;  // columns decoded per pass: 4 KiB of list in L1
 // Software prefetch distances of the direct path, in values and words: the row-by-row
 // streams defeat the hardware prefetcher often enough that without them 4096 x 4096 at 70%
 // (22 MB, from L3) ran 1.3-2x slower on Zen 5; 512 values beat 256 and 1024.
@@ -174,20 +173,21 @@ using simd::kRowGroups;
 
 // acc[k] (+)= the kept weights of row r times the tile rows of their columns.
 template <typename V, int NACC, typename ValueT>
-void row_times_tile(const BitmapMatrix& w, int64_t r, const float* tile, typename V::reg (&acc)[NACC]) {
+void row_times_tile(const BitmapMatrix& w, int64_t r, const float* tile, int64_t decode_cols,
+                    typename V::reg (&acc)[NACC]) {
   constexpr int64_t T = int64_t(NACC) * V::width;
   constexpr int kShift = T == 8 ? 3 : T == 16 ? 4 : T == 32 ? 5 : 6;  // decode scales columns by T
   static_assert(T == int64_t(1) << kShift, "T is a power of two");
   const int64_t words = bitmap_words(w.cols);
   const uint32_t* bits = w.bits + r * words;
   const ValueT* v = static_cast<const ValueT*>(w.values) + w.offsets[r];
-  alignas(64) int32_t cols[kDecodeCols + 8];  // offsets col * T; decode writes up to 8 past the last
+  alignas(64) int32_t cols[kMaxBitmapDecodeCols + 8];  // offsets col * T; decode writes up to 8 past the last
   // Even and odd kept weights feed separate accumulators: NACC chains alone would wait on
   // the FMA latency.
   typename V::reg odd[NACC];
   for (int k = 0; k < NACC; ++k) odd[k] = V::zero();
-  for (int64_t w0 = 0; w0 < words; w0 += kDecodeCols / 32) {
-    const int64_t w1 = std::min(words, w0 + kDecodeCols / 32);
+  for (int64_t w0 = 0; w0 < words; w0 += decode_cols / 32) {
+    const int64_t w1 = std::min(words, w0 + decode_cols / 32);
     int32_t* end = cols;
     __m256i col0 = _mm256_set1_epi32(int32_t(32 * w0));
     for (int64_t k = w0; k < w1; ++k) {
@@ -232,7 +232,7 @@ void tile_rows(const BitmapMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1
       for (int64_t i = 0; i < block; ++i) {
         typename V::reg acc[NACC];
         for (int k = 0; k < NACC; ++k) acc[k] = V::set1(a.bias ? a.bias[rb + i] : 0.f);
-        row_times_tile<V, NACC, ValueT>(w, rb + i, tile, acc);
+        row_times_tile<V, NACC, ValueT>(w, rb + i, tile, a.tiles.bitmap_decode_cols, acc);
         for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
       }
       simd::store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * w.rows + rb, w.rows, block, valid);

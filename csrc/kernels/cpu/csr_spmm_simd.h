@@ -53,14 +53,14 @@ int64_t workspace_floats(int64_t batch, int64_t cols) {
 template <typename V>
 void pack_transposed(const DenseArgs& a, int64_t cols, int64_t tile) {
   constexpr int W = V::width;
-  constexpr int64_t kColBlock = 64;  // keeps the tile rows being written within L1
+  const int64_t col_block = a.tiles.pack_col_block;  // keeps the tile rows being written within L1
   const int64_t tiles = (a.batch + tile - 1) / tile;
-  const int64_t blocks = (cols + kColBlock - 1) / kColBlock;
+  const int64_t blocks = (cols + col_block - 1) / col_block;
 #pragma omp for schedule(static)
   for (int64_t job = 0; job < tiles * blocks; ++job) {
     const int64_t t0 = job / blocks * tile;
-    const int64_t k0 = job % blocks * kColBlock;
-    const int64_t k1 = std::min(cols, k0 + kColBlock);
+    const int64_t k0 = job % blocks * col_block;
+    const int64_t k1 = std::min(cols, k0 + col_block);
     const int64_t k_full = k0 + (k1 - k0) / W * W;
     float* dst = a.workspace + t0 * cols;
     for (int64_t t = 0; t < tile; t += W) {

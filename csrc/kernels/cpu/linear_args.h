@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cpu_features.h"
+#include "tile_params.h"
 
 namespace sparsekern::cpu {
 
@@ -34,6 +35,8 @@ struct DenseArgs {
   void* y = nullptr;
   float* workspace = nullptr;
   int num_threads = 1;
+  // Cache blocking (tile_params.h); the dispatchers sanitize it before a kernel reads it.
+  TileParams tiles;
 
   const float* x_f32() const { return static_cast<const float*>(x); }
   float* y_f32() const { return static_cast<float*>(y); }

@@ -57,7 +57,9 @@ int64_t dispatch_workspace_floats(Isa isa, const typename Family::Matrix& w, int
 
 // y = x @ W.T + bias with the ISA's variant; a.workspace holds dispatch_workspace_floats(...).
 template <typename Family>
-void dispatch_run(Isa isa, const typename Family::Matrix& w, const DenseArgs& a) {
+void dispatch_run(Isa isa, const typename Family::Matrix& w, const DenseArgs& args) {
+  DenseArgs a = args;
+  a.tiles = sanitized(args.tiles);  // the kernels trust the tiles' ranges
   static constexpr auto table = run_table<Family>(std::make_index_sequence<kIsaCount>{});
   if (a.act_type == ActType::f32) return table[int(isa)](w, a);
   // bfloat16 activations: widen x (exact) behind the kernel's own workspace, run in float32,

@@ -18,7 +18,7 @@
 // where loads rather than bytes bound it, that made a 768 x 3072 layer 1.7x faster).
 //
 // Large batches are bound by arithmetic, where those integer ops would cost as much as the
-// FMAs. The batched path first decodes a block of W (kBlockRows x kBlockCols) per thread into
+// FMAs. The batched path first decodes a block of W (tiles.nm24_block_rows x nm24_block_cols) per thread into
 // the workspace: per pair of rows and W columns, the pair's W values as floats (W/2 of each
 // row) and their W lane indices. Then each decoded vector serves a whole tile of activation
 // rows: one perm (cheap here, it issues beside the FMAs) and one FMA per W useful products,
@@ -43,15 +43,15 @@ namespace {
 constexpr int64_t kBatchedFrom = 4;  // batch from which decoding pays for itself (measured)
 constexpr int kDirectBatch = 3;      // activation rows per pass of the direct path
 constexpr int kTile = 8;             // activation rows per register tile
-// A decoded block (kBlockRows x kBlockCols / 2 values, 8 bytes each: 384 KiB) stays in L2;
-// long rows, since each block ends in reductions of every accumulator.
-constexpr int64_t kBlockRows = 48;   // whole tiles of 1 or 3 pairs
-constexpr int64_t kBlockCols = 2048;
+// A decoded block (tiles.nm24_block_rows x nm24_block_cols / 2 values, 8 bytes each: 384 KiB
+// with 1 MiB of L2) stays in L2 (tile_params.h); long rows, since each block ends in
+// reductions of every accumulator.
 
 template <typename V>
 int64_t workspace_floats(int64_t batch, int num_threads) {
-  // Per block: kBlockRows * kBlockCols / 2 values, each a float and a lane index.
-  return batch >= kBatchedFrom ? int64_t(num_threads) * kBlockRows * kBlockCols : 0;
+  // Per block: rows * cols / 2 values, each a float and a lane index; sized for the largest
+  // block sanitized tiles allow, so that any tiles fit the workspace.
+  return batch >= kBatchedFrom ? int64_t(num_threads) * kMaxNm24BlockFloats : 0;
 }
 
 // The first `bytes` (at most 4) bytes at p as a little-endian word: rows end on any byte.
@@ -278,18 +278,19 @@ template <typename V, typename ValueT>
 void batched(const Nm24Matrix& w, const DenseArgs& a) {
   constexpr int W = V::width;
   const int64_t pairs = (w.rows + 1) / 2;
+  const int64_t block_rows = a.tiles.nm24_block_rows, block_cols = a.tiles.nm24_block_cols;
   const int parts = int(std::min<int64_t>(useful_threads(w.rows * w.cols / 2, a.batch, a.num_threads),
                                           pairs));
 #pragma omp parallel num_threads(parts) if (parts > 1)
   {
 #pragma omp for schedule(static, 1)
     for (int part = 0; part < parts; ++part) {
-      float* ws = a.workspace + int64_t(part) * kBlockRows * kBlockCols;
+      float* ws = a.workspace + int64_t(part) * kMaxNm24BlockFloats;
       const int64_t p0 = pairs * part / parts, p1 = pairs * (part + 1) / parts;
-      for (int64_t pb = p0; pb < p1; pb += kBlockRows / 2) {
-        const int64_t block_pairs = std::min<int64_t>(kBlockRows / 2, p1 - pb);
-        for (int64_t k0 = 0; k0 < w.cols; k0 += kBlockCols) {
-          const int64_t cols = std::min<int64_t>(kBlockCols, w.cols - k0);
+      for (int64_t pb = p0; pb < p1; pb += block_rows / 2) {
+        const int64_t block_pairs = std::min<int64_t>(block_rows / 2, p1 - pb);
+        for (int64_t k0 = 0; k0 < w.cols; k0 += block_cols) {
+          const int64_t cols = std::min<int64_t>(block_cols, w.cols - k0);
           const int64_t chunks = (cols + W - 1) / W;
           const bool tail = cols % W != 0;
           const int64_t pair_floats = decoded_pair_floats<V>(chunks);
@@ -303,7 +304,6 @@ void batched(const Nm24Matrix& w, const DenseArgs& a) {
               if (tail) std::memcpy(x_tail[b], x[b] + (chunks - 1) * W, size_t(cols % W) * 4);
             }
             constexpr int kPairs = V::tile_pairs;
-            static_assert(kBlockRows % (2 * kPairs) == 0, "whole tiles per block");
             int np = kPairs;
             for (int64_t p = 0; p < block_pairs; p += np) {
               np = block_pairs - p >= kPairs ? kPairs : 1;  // leftover pairs one at a time
