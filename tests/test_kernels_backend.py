@@ -20,7 +20,7 @@ def test_default_is_the_best_supported():
     assert "scalar" in sparsekern.supported_cpu_isas()
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "avx512bf16"])
 def test_env_forces_an_isa(isa, tmp_path):
     result = isa_in_subprocess(isa, tmp_path)
     if isa in sparsekern.supported_cpu_isas():
@@ -28,6 +28,19 @@ def test_env_forces_an_isa(isa, tmp_path):
         assert result.stdout.strip() == isa
     else:
         assert "cannot run" in result.stderr
+
+
+def test_env_avx512_forbids_the_bf16_kernels(tmp_path):
+    """SPARSEKERN_CPU_ISA=avx512 caps every call, bf16 ones included, below avx512bf16."""
+    if "avx512" not in sparsekern.supported_cpu_isas():
+        pytest.skip("this CPU cannot run avx512")
+    env = dict(os.environ, SPARSEKERN_CPU_ISA="avx512")
+    code = ("import torch, sparsekern; from sparsekern import planner, _backend; "
+            "print(*{_backend.CPU_ISAS[planner.kernel_isa(f, b, d)] for f in ('csr', '2:4', 'bitmap') "
+            "for b in (1, 16, 256) for d in (torch.float32, torch.bfloat16)})")
+    result = run_python(["-c", code], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["avx512"]
 
 
 def test_env_rejects_unknown_names(tmp_path):

@@ -1,7 +1,8 @@
 // C++ 2:4 kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1 and both sides of the batched-path threshold, cols 0/4/12 and not a
 // multiple of the vector width, odd rows, 1:4 rows padded with zero values, fp32 and bf16
-// values, fp32 and bf16 activations, strided x, no bias). Exit code 0 when all pass.
+// values, fp32 and bf16 activations, strided x, no bias), and the native bf16 path's own edges.
+// Exit code 0 when all pass.
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -89,6 +90,17 @@ int main() {
           }
   }
   tiles_under_test = TileParams{};
+  // bf16 values with bf16 activations, which avx512bf16 reads natively (nm24_linear_bf16.h):
+  // rows not a multiple of its row tile or 16, cols a multiple of 4 but not of its 64-column
+  // chunk, batches around its batch tile (4) and its batched path's threshold (12).
+  const int64_t bf16_batches[] = {1, 2, 3, 4, 5, 11, 12, 13, 16, 17, 33};
+  const int64_t bf16_shapes[][2] = {{1, 4}, {3, 60}, {15, 68}, {16, 64}, {17, 132}, {31, 1028}, {33, 2052}};
+  for (Isa isa : runnable_isas())
+    for (const auto& s : bf16_shapes)
+      for (int64_t batch : bf16_batches) {
+        run_case({s[0], s[1], batch, ValueType::bf16, batch % 2 == 1, batch % 3 ? 0 : 7, ActType::bf16}, isa, rng);
+        ++cases;
+      }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -41,6 +41,8 @@ struct BitmapFamily {
   static void run(const BitmapMatrix& w, const DenseArgs& a);
   template <Isa isa>
   static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
+  // Every variant reads float32 activations: bf16 ones are widened by the dispatch.
+  static bool reads_bf16(Isa, const BitmapMatrix&) { return false; }
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.

@@ -33,6 +33,8 @@ struct CsrFamily {
   static void run(const CsrMatrix& w, const DenseArgs& a);
   template <Isa isa>
   static int64_t workspace_floats(const CsrMatrix& w, int64_t batch, int num_threads);
+  // Every variant reads float32 activations: bf16 ones are widened by the dispatch.
+  static bool reads_bf16(Isa, const CsrMatrix&) { return false; }
 };
 
 // Floats of 64-byte-aligned workspace `linear` needs for this ISA, batch and activation type.

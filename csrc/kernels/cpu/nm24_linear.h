@@ -35,6 +35,11 @@ struct Nm24Family {
   static void run(const Nm24Matrix& w, const DenseArgs& a);
   template <Isa isa>
   static int64_t workspace_floats(const Nm24Matrix& w, int64_t batch, int num_threads);
+  // avx512bf16 reads bf16 activations itself (vdpbf16ps, nm24_linear_bf16.h) when the values
+  // are bf16 too; every other case is widened to float32 by the dispatch.
+  static bool reads_bf16(Isa isa, const Nm24Matrix& w) {
+    return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16;
+  }
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.
