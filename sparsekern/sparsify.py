@@ -80,8 +80,8 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     Masks attached by sparsekern.prune or torch.nn.utils.prune decide the pattern, else the
     weights' zeros. nn.MultiheadAttention's out_proj stays an nn.Linear (its parent reads the
     weight itself), and so does a Linear whose weight is tied to another parameter (GPT-2's
-    lm_head), with a warning; linear-like modules of other types (transformers' Conv1D) are
-    named in a warning. torch's fused encoder fast path is turned off where it would read a
+    lm_head), with a warning; transformers' Conv1D (GPT-2) is packed as its transpose, and
+    linear-like modules of other types are named in a warning. torch's fused encoder fast path is turned off where it would read a
     packed weight. A model on the meta device is refused with the way to load it. A bare
     nn.Linear as `model` is returned converted.
     """

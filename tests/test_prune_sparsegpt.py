@@ -2,7 +2,6 @@
 inverse Hessian of the weights not yet visited recomputed with torch.linalg.inv each time
 (no Cholesky factor, no blocks of lazy updates)."""
 import re
-import warnings
 
 import pytest
 import torch

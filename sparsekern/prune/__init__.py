@@ -5,10 +5,10 @@ nn.Linear; ``include=`` / ``exclude=`` take a glob on qualified module names
 ("encoder.*"), a list of globs, or a predicate ``f(name, module)``, and some methods
 take ``types=(nn.Linear, nn.Conv2d)``. magnitude, random, nm, wanda and sparsegpt also
 prune transformers' Conv1D (GPT-2), whose weight is stored transposed; the others
-prune nn.Linear (and ``types``) only and name any Conv1D they leave in a warning. A module whose weight is tied to another
-parameter (``tied_weights``; GPT-2's lm_head shares the token embedding) is skipped
-with a warning unless ``prune_tied=True``, and linear-like modules a method does not
-prune are named in a warning.
+prune nn.Linear (and ``types``) only and name any Conv1D they leave in a warning.
+A module whose weight is tied to another parameter (``tied_weights``; GPT-2's lm_head
+shares the token embedding) is skipped with a warning unless ``prune_tied=True``, and
+linear-like modules a method does not prune are named in a warning.
 
 Masks use torch.nn.utils.prune's reparametrization: a pruned module has
 ``weight_orig`` (Parameter, zero where pruned), ``weight_mask`` (0/1 buffer in the

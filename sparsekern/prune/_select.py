@@ -1,6 +1,6 @@
 """Which modules a pruning method touches, shared by every method: include/exclude
 filtering, tied weights (skipped unless asked for), a warning about linear-like modules
-that no method prunes (transformers' Conv1D), and a clear error on the meta device."""
+that a method does not prune, and a clear error on the meta device."""
 from __future__ import annotations
 
 import collections
@@ -124,7 +124,8 @@ def prunable(model: nn.Module, include: Selector = None, exclude: Selector = Non
     ``prune_tied``, those whose weight is tied to another parameter (see
     ``tied_weights``): pruning GPT-2's lm_head would zero the token embedding it
     shares, which must be asked for. Warns about every tied module it skips and about
-    linear-like modules of other types (transformers' Conv1D), so nothing is skipped
+    linear-like modules of other types (transformers' Conv1D for the methods that
+    take nn.Linear only), so nothing is skipped
     silently; raises ValueError, saying why, when nothing is left."""
     lookalikes = lookalike_note(model, include, exclude, types)
     notes = [lookalikes] if lookalikes else []

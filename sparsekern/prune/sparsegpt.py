@@ -42,7 +42,7 @@ class Hessian:
         self.sum = xtx if self.sum is None else self.sum + xtx
         self.count += x.shape[0]
 
-    def matrix(self, size: int) -> torch.Tensor | None:
+    def matrix(self) -> torch.Tensor | None:
         """2/N * X^T X, or None when no input was seen."""
         return None if self.sum is None else self.sum * (2.0 / max(self.count, 1))
 
@@ -174,7 +174,7 @@ def sparsegpt(model: nn.Module, batches: Iterable, sparsity: float | None = None
         unseen = []
         for name, module, hessian in group:
             weight = out_in(module, weight_param(module).detach())
-            matrix = hessian.matrix(weight.shape[1])
+            matrix = hessian.matrix()
             if matrix is None:
                 unseen.append(name)
             new, keep = prune_matrix(weight, matrix, sparsity=sparsity, n=n, m=m,
