@@ -50,8 +50,26 @@ def layer_2_4(seed=0, in_features=64, out_features=24):
     return linear, keep.reshape(out_features, in_features)
 
 
-def names_2_4():
-    return list(planner.tile_candidates("2:4", sk._backend._C.tile_params().as_dict()))
+def names_2_4(batch=64):
+    """The 2:4 candidates timed at `batch`, in order."""
+    default = sk._backend._C.tile_params().as_dict()
+    return [name for name, tiles in planner.tile_candidates("2:4", default).items()
+            if planner._tiles_matter("2:4", default, tiles, batch)]
+
+
+def test_the_register_path_is_timed_only_where_it_runs(tuning, monkeypatch):
+    names = names_2_4()  # blocks: timed at batch 4 and 64; registers: at batch 4 only
+    assert "2:4 registers to batch 8" not in names and "2:4 registers to batch 8" in names_2_4(4)
+    calls = fake_ratios(monkeypatch, [[0.9] * 5] * (2 * len(names)) + [[1.3] * 5, [1.25] * 5])
+    linear, mask = layer_2_4()
+    layer = sk.SparseLinear.from_dense(linear, mask=mask, format="2:4", batch_sizes=(1, 4, 64))
+    assert len(calls) == 2 * len(names) + 2
+    assert layer.tile_choice["nm24_register_batch_max"] == 8
+    assert "registers to batch 8" in layer.tuning_note and "at batch 4" in layer.tuning_note
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x).double(), reference_linear(x, linear.weight * mask, linear.bias),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_a_clear_winner_is_kept_used_and_shown(tuning, monkeypatch):

@@ -76,13 +76,14 @@ int main() {
           run_case({s[0], s[1], batch, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
           ++cases;
         }
-  // Non-default tiles (2:4 block rows and columns): batched calls only, where they are read;
-  // blocks that split rows mid-tile and columns mid-row must still add up.
+  // Non-default tiles (2:4 block rows and columns, the register path's batches): batched calls
+  // only, where they are read; blocks that split rows mid-tile and columns mid-row must still
+  // add up, and the register path must give what the workspace path gives.
   for (const TileParams& tiles : extra_tile_sets()) {
     tiles_under_test = tiles;
     for (Isa isa : runnable_isas())
       for (const auto& s : shapes)
-        for (int64_t batch : {int64_t(4), int64_t(9), int64_t(70)})
+        for (int64_t batch : {int64_t(4), int64_t(5), int64_t(8), int64_t(9), int64_t(70)})
           for (ValueType vt : {ValueType::f32, ValueType::bf16}) {
             run_case({s[0], s[1], batch, vt, cases % 2 == 0, cases % 2 ? 0 : 5,
                       cases % 4 == 1 ? ActType::bf16 : ActType::f32}, isa, rng);

@@ -30,7 +30,8 @@ bool legal(const TileParams& t) {
   return t.nm24_block_rows >= 2 && t.nm24_block_rows % 2 == 0 && t.nm24_block_cols >= 16 &&
          t.nm24_block_cols % 16 == 0 && t.nm24_block_rows * t.nm24_block_cols <= kMaxNm24BlockFloats &&
          t.pack_col_block >= 1 && t.bitmap_decode_cols >= 32 && t.bitmap_decode_cols % 32 == 0 &&
-         t.bitmap_decode_cols <= kMaxBitmapDecodeCols;
+         t.bitmap_decode_cols <= kMaxBitmapDecodeCols && t.nm24_register_batch_max >= 0 &&
+         t.nm24_register_batch_max <= 8;
 }
 
 }  // namespace
@@ -48,8 +49,8 @@ int main() {
         "32 KiB L1d gives smaller L1 tiles");
   check(legal(small) && legal(tile_params_for({1 << 30, 1 << 30, 0})) && legal(tile_params_for({1, 1, 1})),
         "extreme caches give legal tiles");
-  for (const TileParams& t : {TileParams{0, 0, 0, 0}, TileParams{-5, -1, -3, -7}, TileParams{7, 36, 5, 100},
-                              TileParams{1 << 20, 1 << 20, 1 << 20, 1 << 20}})
+  for (const TileParams& t : {TileParams{0, 0, 0, 0}, TileParams{-5, -1, -3, -7, -2}, TileParams{7, 36, 5, 100},
+                              TileParams{1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20}})
     check(legal(sanitized(t)), "sanitized tiles are legal");
   check(same(sanitized(TileParams{}), TileParams{}), "sanitizing the defaults keeps them");
 

@@ -187,37 +187,63 @@ typename V::ireg pair_base() {
   return V::loadu_i(base);
 }
 
-// Decodes rows [r0, r0 + 2 * pairs) x columns [k0, k0 + cols) into ws; a missing second row
-// (odd rows) and the columns past the last full chunk decode to zero values.
+// Decodes the chunk of W columns at `col` (a multiple of W, so of 8: meta bytes start there)
+// of rows r and r + 1: the pair's W values as floats (W/2 of each row) and their W lane
+// indices. Columns at and past `end` (the last chunk of a row or block) and a missing second
+// row (odd rows) decode to zero values.
+template <typename V, typename ValueT>
+void decode_chunk(const Nm24Matrix& w, int64_t r, int64_t col, int64_t end, typename V::ireg base,
+                  typename V::reg* vals, typename V::ireg* idx) {
+  constexpr int W = V::width;
+  const auto* values = static_cast<const ValueT*>(w.values);
+  const int64_t half = w.cols / 2, meta_bytes = nm24_meta_bytes(w.cols);
+  const int64_t n = std::min<int64_t>(W, end - col) / 2;  // values per row here
+  const bool both = r + 1 < w.rows;
+  const ValueT* src = values + r * half + col / 2;
+  const int64_t bytes = std::min<int64_t>(W / 8, meta_bytes - col / 8);
+  const uint8_t* meta = w.meta + r * meta_bytes + col / 8;
+  const uint32_t second = both ? read_meta(meta + meta_bytes, bytes) : 0;
+  const uint32_t word = read_meta(meta, bytes) | second << W;
+  if (both && n == W / 2) {
+    *vals = V::widen_halves(src, src + half);
+  } else {  // the last chunk of a row, or a pair missing its second row: zero-padded
+    ValueT lo[W / 2] = {}, hi[W / 2] = {};
+    std::memcpy(lo, src, size_t(n) * sizeof(ValueT));
+    if (both) std::memcpy(hi, src + half, size_t(n) * sizeof(ValueT));
+    *vals = V::widen_halves(lo, hi);
+  }
+  *idx = V::positions(word, base);
+}
+
+// Decodes rows [r0, r0 + 2 * pairs) x columns [k0, k0 + cols) into ws.
 template <typename V, typename ValueT>
 void decode_block(const Nm24Matrix& w, int64_t r0, int64_t pairs, int64_t k0, int64_t cols, float* ws) {
   constexpr int W = V::width;
   const typename V::ireg base = pair_base<V>();
-  const auto* values = static_cast<const ValueT*>(w.values);
-  const int64_t half = w.cols / 2, meta_bytes = nm24_meta_bytes(w.cols);
   const int64_t chunks = (cols + W - 1) / W;
   for (int64_t p = 0; p < pairs; ++p) {
     float* out = ws + p * decoded_pair_floats<V>(chunks);
     for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t col = k0 + c * W;  // a multiple of W, so of 8: meta bytes start here
-      const int64_t n = std::min<int64_t>(W, k0 + cols - col) / 2;  // values per row here
-      const int64_t r = r0 + 2 * p;
-      const bool both = r + 1 < w.rows;
-      const ValueT* src = values + r * half + col / 2;
-      const int64_t bytes = std::min<int64_t>(W / 8, meta_bytes - col / 8);
-      const uint8_t* meta = w.meta + r * meta_bytes + col / 8;
-      const uint32_t second = both ? read_meta(meta + meta_bytes, bytes) : 0;
-      const uint32_t word = read_meta(meta, bytes) | second << W;
-      if (both && n == W / 2) {
-        V::storeu(out + c * 2 * W, V::widen_halves(src, src + half));
-      } else {  // the last chunk of a row, or a pair missing its second row: zero-padded
-        ValueT lo[W / 2] = {}, hi[W / 2] = {};
-        std::memcpy(lo, src, size_t(n) * sizeof(ValueT));
-        if (both) std::memcpy(hi, src + half, size_t(n) * sizeof(ValueT));
-        V::storeu(out + c * 2 * W, V::widen_halves(lo, hi));
-      }
-      V::storeu_i(out + c * 2 * W + W, V::positions(word, base));
+      typename V::reg vals;
+      typename V::ireg idx;
+      decode_chunk<V, ValueT>(w, r0 + 2 * p, k0 + c * W, k0 + cols, base, &vals, &idx);
+      V::storeu(out + c * 2 * W, vals);
+      V::storeu_i(out + c * 2 * W + W, idx);
     }
+  }
+}
+
+// out[2p + h][b] = the sum of the lanes that hold row 2p + h in acc[p][b] (a pair's register
+// holds W/2 lanes of each row).
+template <typename V, int NP, int NB>
+void reduce_pairs(typename V::reg (&acc)[NP][NB], float (&out)[2 * V::tile_pairs][kTile]) {
+  for (int p = 0; p < NP; ++p) {
+    typename V::reg tile[8];
+    for (int b = 0; b < 8; ++b) tile[b] = b < NB ? acc[p][b] : V::zero();
+    alignas(64) float sums[16];
+    V::reduce_halves8(tile, sums);
+    for (int b = 0; b < NB; ++b)
+      for (int h = 0; h < 2; ++h) out[2 * p + h][b] = sums[8 * (b / 4) + 4 * h + b % 4];
   }
 }
 
@@ -248,14 +274,7 @@ void batched_tile(const float* ws, int64_t pair_floats, const float* const* x, i
   const int64_t full = tail ? chunks - 1 : chunks;
   for (int64_t c = 0; c < full; ++c) chunk(c, [&](int b) { return x[b] + c * W; });
   if (tail) chunk(full, [&](int b) { return x_tail[b]; });
-  for (int p = 0; p < NP; ++p) {
-    reg tile[8];
-    for (int b = 0; b < 8; ++b) tile[b] = b < NB ? acc[p][b] : V::zero();
-    alignas(64) float sums[16];
-    V::reduce_halves8(tile, sums);
-    for (int b = 0; b < NB; ++b)
-      for (int h = 0; h < 2; ++h) out[2 * p + h][b] = sums[8 * (b / 4) + 4 * h + b % 4];
-  }
+  reduce_pairs<V, NP, NB>(acc, out);
 }
 
 template <typename V, int NP>
@@ -330,13 +349,100 @@ void batched(const Nm24Matrix& w, const DenseArgs& a) {
   }
 }
 
+// ---- register path ---------------------------------------------------------------------------
+
+// Batches of one register tile (up to kTile rows) use each decoded chunk once, so the batched
+// path's round trip through the workspace buys nothing: the register path decodes each chunk
+// of a tile's row pairs straight into registers and multiplies it by every activation row of
+// the batch (tiles.nm24_register_batch_max says up to which batch; measured in tile_params.h).
+
+// y[b0 .. b0 + NB) for the NP row pairs from r0, over all columns.
+template <typename V, typename ValueT, int NP, int NB>
+void register_tile(const Nm24Matrix& w, const DenseArgs& a, int64_t r0, int64_t b0, const float* const* x,
+                   const float (*x_tail)[V::width]) {
+  using reg = typename V::reg;
+  using ireg = typename V::ireg;
+  constexpr int W = V::width;
+  const ireg base = pair_base<V>();
+  reg acc[NP][NB];
+  for (int p = 0; p < NP; ++p)
+    for (int b = 0; b < NB; ++b) acc[p][b] = V::zero();
+  auto chunk = [&](int64_t c, auto&& x_at) {
+    reg vals[NP];
+    ireg idx[NP];
+    for (int p = 0; p < NP; ++p) decode_chunk<V, ValueT>(w, r0 + 2 * p, c * W, w.cols, base, &vals[p], &idx[p]);
+    for (int b = 0; b < NB; ++b) {
+      reg xv = V::loadu(x_at(b));
+      keep_in_register(xv);
+      for (int p = 0; p < NP; ++p) acc[p][b] = V::fmadd(vals[p], V::perm(idx[p], xv), acc[p][b]);
+    }
+  };
+  const int64_t full = w.cols / W;
+  for (int64_t c = 0; c < full; ++c) chunk(c, [&](int b) { return x[b] + c * W; });
+  if (w.cols > full * W) chunk(full, [&](int b) { return x_tail[b]; });
+  float out[2 * V::tile_pairs][kTile];
+  reduce_pairs<V, NP, NB>(acc, out);
+  const int rows = int(std::min<int64_t>(2 * NP, w.rows - r0));
+  for (int b = 0; b < NB; ++b) {
+    float* y = a.y_f32() + (b0 + b) * w.rows + r0;
+    for (int i = 0; i < rows; ++i) y[i] = (a.bias ? a.bias[r0 + i] : 0.f) + out[i][b];
+  }
+}
+
+// Pairs [p0, p1) for activation rows [b0, b0 + NB): whole tiles of V::tile_pairs, then one pair at a time.
+template <typename V, typename ValueT, int NB>
+void register_pairs(const Nm24Matrix& w, const DenseArgs& a, int64_t p0, int64_t p1, int64_t b0) {
+  constexpr int W = V::width;
+  constexpr int kPairs = V::tile_pairs;
+  const int64_t tail_start = w.cols / W * W;
+  const float* x[NB];
+  // The tail's activations, zero-padded to W: zero values times garbage could make NaN.
+  alignas(64) float x_tail[NB][W] = {};
+  for (int b = 0; b < NB; ++b) {
+    x[b] = a.x_f32() + (b0 + b) * a.x_row_stride;
+    std::memcpy(x_tail[b], x[b] + tail_start, size_t(w.cols - tail_start) * 4);
+  }
+  int64_t p = p0;
+  for (; p + kPairs <= p1; p += kPairs) register_tile<V, ValueT, kPairs, NB>(w, a, 2 * p, b0, x, x_tail);
+  for (; p < p1; ++p) register_tile<V, ValueT, 1, NB>(w, a, 2 * p, b0, x, x_tail);
+}
+
+template <typename V, typename ValueT>
+void registers(const Nm24Matrix& w, const DenseArgs& a) {
+  const int64_t pairs = (w.rows + 1) / 2;
+  const int parts = int(std::min<int64_t>(useful_threads(w.rows * w.cols / 2, a.batch, a.num_threads), pairs));
+  static_assert(kTile == 8, "one case per tile height");
+  auto run_part = [&](int part) {
+    const int64_t p0 = pairs * part / parts, p1 = pairs * (part + 1) / parts;
+    for (int64_t b0 = 0; b0 < a.batch; b0 += kTile) {
+      switch (std::min<int64_t>(kTile, a.batch - b0)) {
+        case 1: register_pairs<V, ValueT, 1>(w, a, p0, p1, b0); break;
+        case 2: register_pairs<V, ValueT, 2>(w, a, p0, p1, b0); break;
+        case 3: register_pairs<V, ValueT, 3>(w, a, p0, p1, b0); break;
+        case 4: register_pairs<V, ValueT, 4>(w, a, p0, p1, b0); break;
+        case 5: register_pairs<V, ValueT, 5>(w, a, p0, p1, b0); break;
+        case 6: register_pairs<V, ValueT, 6>(w, a, p0, p1, b0); break;
+        case 7: register_pairs<V, ValueT, 7>(w, a, p0, p1, b0); break;
+        default: register_pairs<V, ValueT, 8>(w, a, p0, p1, b0); break;
+      }
+    }
+  };
+  if (parts == 1) return run_part(0);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int part = 0; part < parts; ++part) run_part(part);
+}
+
 template <typename V>
 void nm24_linear(const Nm24Matrix& w, const DenseArgs& a) {
   if (a.batch == 0 || w.rows == 0) return;
   auto run = [&](auto value) {
     using ValueT = decltype(value);
-    if (a.batch >= kBatchedFrom && w.cols > 0) batched<V, ValueT>(w, a);
-    else direct<V, ValueT>(w, a);
+    if (a.batch >= kBatchedFrom && a.batch <= a.tiles.nm24_register_batch_max && w.cols > 0)
+      registers<V, ValueT>(w, a);
+    else if (a.batch >= kBatchedFrom && w.cols > 0)
+      batched<V, ValueT>(w, a);
+    else
+      direct<V, ValueT>(w, a);
   };
   if (w.value_type == ValueType::f32) run(float{});
   else run(uint16_t{});

@@ -109,9 +109,11 @@ const TileParams& tile_params() {
 TileParams sanitized(const TileParams& t) {
   TileParams s = t;
   s.nm24_block_cols = std::clamp<int64_t>(round_down(t.nm24_block_cols, 16), 16, kMaxNm24BlockFloats / 2);
-  s.nm24_block_rows = std::clamp<int64_t>(round_down(t.nm24_block_rows, 2), 2, kMaxNm24BlockFloats / s.nm24_block_cols / 2 * 2);
+  const int64_t max_rows = kMaxNm24BlockFloats / s.nm24_block_cols / 2 * 2;
+  s.nm24_block_rows = std::clamp<int64_t>(round_down(t.nm24_block_rows, 2), 2, max_rows);
   s.pack_col_block = std::max<int64_t>(1, t.pack_col_block);
   s.bitmap_decode_cols = std::clamp<int64_t>(round_down(t.bitmap_decode_cols, 32), 32, kMaxBitmapDecodeCols);
+  s.nm24_register_batch_max = std::clamp<int64_t>(t.nm24_register_batch_max, 0, 8);
   return s;
 }
 

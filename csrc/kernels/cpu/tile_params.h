@@ -34,6 +34,10 @@ struct TileParams {
   // Columns whose set bits the bitmap batched path decodes per pass: the list (4 bytes per
   // column at most) stays within about 1/12 of L1d beside the activation tile's lines.
   int64_t bitmap_decode_cols = 1024;
+  // Not a cache tile but a variant choice the tuner may change: 2:4 batches from 4 up to this
+  // (at most 8, one register tile) decode into registers instead of the workspace
+  // (nm24_linear_simd.h's register path); 0 turns that path off.
+  int64_t nm24_register_batch_max = 0;
 };
 
 // Bounds the kernels rely on (sanitized() enforces them).
@@ -56,7 +60,8 @@ const TileParams& tile_params();
 // `t` moved into the ranges the kernels need: 2:4 block rows a positive even number, block
 // columns a positive multiple of 16 (whole SIMD chunks of metadata), the block within
 // kMaxNm24BlockFloats, the pack block >= 1, decode columns a multiple of 32 in [32,
-// kMaxBitmapDecodeCols]. Any value is safe to pass; the dispatchers sanitize what they get.
+// kMaxBitmapDecodeCols], the register batch in [0, 8]. Any value is safe to pass; the
+// dispatchers sanitize what they get.
 TileParams sanitized(const TileParams& t);
 
 }  // namespace sparsekern::cpu
