@@ -44,6 +44,22 @@ LAYER_TARGETS = {
     # bf16 values, fp32 activations, weights from DRAM, against dense fp32.
     "11008x4096-bitmap-s0.5-b1-bf16-cold": {"dense": 2.5},
 }
+# bf16 end to end (bf16 activations and values, the bf16 issue), hot, against dense bf16 F.linear
+# and torch.compile dense with inductor freezing ("compiled": the aim is 1.0x up to batch 64
+# for 2:4 and from 70%). "best" is the faster of CSR and bitmap.
+_BF16_DENSE = {
+    "4096x4096-2:4": (2.0, 1.4, 1.25, 1.0), "11008x4096-2:4": (2.0, 1.4, 1.25, 1.0),
+    "4096x4096-bitmap-s0.5": (1.6, 1.3, 1.2, 0), "4096x4096-best-s0.7": (2.5, 1.8, 1.5, 0),
+    "4096x4096-best-s0.9": (5.0, 3.0, 2.0, 1.3),
+}
+_BF16_COMPILED = ("4096x4096-2:4", "11008x4096-2:4", "4096x4096-best-s0.7", "4096x4096-best-s0.9")
+BF16_LAYER_TARGETS = {
+    f"{case}-b{batch}-bf16": {"dense bf16": need,
+                              "compiled dense bf16": 1.0 if case in _BF16_COMPILED and batch <= 64 else 0}
+    for case, needs in _BF16_DENSE.items() for batch, need in zip((1, 16, 64, 256), needs)}
+# A Llama-shaped bf16 MLP block (hidden 4096, intermediate 11008, SiLU(gate) * up, down) at 2:4
+# against the same block dense in bf16.
+BF16_MLP_TARGETS = {"llama-mlp-2:4-b1": 1.3, "llama-mlp-2:4-b64": 1.1}
 # bf16 values against fp32 values, same shape and pattern, batch 1, hot.
 BF16_TARGETS = {"4096x4096-s0.9-b1": 1.3, "4096x4096-2:4-b1": 1.3, "11008x4096-2:4-b1": 1.3}
 # Whole 8-layer MLP (8 x Linear 768<->3072 with ReLU, the BERT-base MLP shape), sparsified vs dense torch.

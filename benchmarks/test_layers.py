@@ -8,8 +8,9 @@ import sparsekern as sk
 from sparsekern.tools.bench import BATCHES, SHAPES, SPARSITIES, VALUE_DTYPES, Case, candidates, shape_dims
 from sparsekern.tools.timing import ratios_against, time_interleaved
 
+from bf16_cases import BF16_LAYER_QUICK, BF16_LAYER_TARGETED, bf16_linear, calls as bf16_calls, case_id
 from report import bench_mode, record
-from targets import BF16_TARGETS, LAYER_TARGETS
+from targets import BF16_LAYER_TARGETS, BF16_TARGETS, LAYER_TARGETS
 
 
 def nm24(shape, batch, values="fp32", cache="hot"):
@@ -51,6 +52,9 @@ def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
         cases = {"quick": QUICK, "targets": TARGETED, "full": FULL}[mode]
         metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+    if "bf16_layer" in metafunc.fixturenames:
+        cases = BF16_LAYER_QUICK if mode == "quick" else BF16_LAYER_TARGETED
+        metafunc.parametrize("bf16_layer", cases, ids=[case_id(*c) for c in cases])
     if "bf16_case" in metafunc.fixturenames:
         cases = BF16_QUICK if mode == "quick" else BF16_TARGETED
         metafunc.parametrize("bf16_case", cases, ids=[f"{s}-{f}" for s, f in cases])
@@ -73,6 +77,26 @@ def test_layer(case, benchmark, request):
     })
     record(case.format, case.id, ratios, LAYER_TARGETS.get(case.id, {}), request.config,
            f"(dense {times['dense'] * 1e3:.3f} ms)")
+
+
+def test_bf16_layer(bf16_layer, request):
+    """bf16 activations and values against dense bf16 F.linear and, outside --quick (it
+    compiles), torch.compile dense with freezing; each baseline paired with sparsekern alone.
+    "best": CSR and bitmap each timed against dense bf16, the faster one reported."""
+    shape, format, sparsity, batch = bf16_layer
+    linear = bf16_linear(shape, format, sparsity)
+    quick = bench_mode(request.config) == "quick"
+    fns, layers = bf16_calls(linear, format, batch, with_compiled=not quick)
+    best, best_ratios = None, None
+    with torch.no_grad():
+        for f in layers:
+            pair = {k: v for k, v in fns.items() if not k.startswith("sparsekern")}
+            pair["sparsekern"] = fns[f"sparsekern {f}"]
+            ratios, _ = ratios_against(pair, rounds=7, round_seconds=0.02)
+            if best is None or ratios["dense bf16"] > best_ratios["dense bf16"]:
+                best, best_ratios = f, ratios
+    record("bf16", case_id(*bf16_layer), best_ratios, BF16_LAYER_TARGETS.get(case_id(*bf16_layer), {}),
+           request.config, f"({best}, ISA {sk.cpu_isa()})")
 
 
 @pytest.mark.parametrize("cache", ["hot", "cold"])

@@ -10,7 +10,7 @@ import sparsekern as sk
 from sparsekern.tools.timing import ratios_against
 
 from report import bench_mode, record
-from targets import AUTO_MIN_RATIO, MODEL_TARGETS
+from targets import AUTO_MIN_RATIO, BF16_MLP_TARGETS, MODEL_TARGETS
 
 
 def mlp8() -> nn.Sequential:
@@ -85,3 +85,32 @@ def test_auto_never_slower_than_dense(sparsity, batch, request):
     ratios, _ = speedups(masked_dense, auto, torch.randn(batch, 768))
     record("auto", f"mlp8-s{sparsity:g}-b{batch}", ratios, {"dense": AUTO_MIN_RATIO}, request.config,
            f"(chose {'+'.join(formats)})")
+
+
+class LlamaMLP(nn.Module):
+    """A Llama MLP block: down(SiLU(gate(x)) * up(x)), hidden 4096, intermediate 11008."""
+
+    def __init__(self, hidden=4096, intermediate=11008):
+        super().__init__()
+        self.gate = nn.Linear(hidden, intermediate, bias=False)
+        self.up = nn.Linear(hidden, intermediate, bias=False)
+        self.down = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_llama_mlp_bf16_24(batch, request):
+    """The bf16 issue's block: pruned to 2:4 and stored in bf16, against the same pruned
+    weights dense in bf16 (F.linear), bf16 activations."""
+    torch.manual_seed(0)
+    dense = LlamaMLP().eval()
+    sk.prune.finalize(sk.prune.nm(dense, n=2, m=4))
+    dense = dense.to(torch.bfloat16)
+    sparse = copy.deepcopy(dense)
+    sk.sparsify(sparse, format="2:4", value_dtype=torch.bfloat16, progress=False)
+    ratios, times = speedups(dense, sparse, torch.randn(batch, 4096, dtype=torch.bfloat16))
+    key = f"llama-mlp-2:4-b{batch}"
+    record("model", key, ratios, {"dense": BF16_MLP_TARGETS.get(key, 0)}, request.config,
+           f"(dense bf16 {times['dense'] * 1e3:.2f} ms, ISA {sk.cpu_isa()})")

@@ -2,8 +2,9 @@
 
 - Which kernel variant (ISA) runs a call: `kernel_isa(format, batch, act_dtype)`, per format,
   batch bucket and activation dtype, so a variant that pays only for batched inputs (AMX) can
-  be chosen for those alone. Today every case takes the most capable ISA this CPU runs
-  (capped by SPARSEKERN_CPU_ISA).
+  be chosen for those alone. Every case takes the most capable ISA this CPU runs (capped by
+  SPARSEKERN_CPU_ISA), except that avx512bf16 is named only where it has native bf16 code
+  (NATIVE_BF16_BUCKETS); elsewhere the call is avx512's.
 - Which format a layer is stored in, for sparsify(format="auto"): `choose_format` times
   every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
   at the batch sizes asked for, each candidate paired with dense alone.
@@ -46,9 +47,26 @@ def batch_bucket(batch: int) -> int:
     return bucket
 
 
+# Where avx512bf16's native bf16 kernels run: formats with bf16 activations, by batch bucket.
+# 2:4 reads bf16 x with vdpbf16ps at every batch (its own small-batch and batched paths, both
+# measured above avx512's widened fp32 path, README "bf16"); CSR and bitmap have no native
+# bf16 kernel yet, so avx512bf16 would only run their avx512 code.
+NATIVE_BF16_BUCKETS = {"2:4": None}  # None: every bucket
+
+
+def _native_bf16(format: str, bucket: int, act_dtype: torch.dtype) -> bool:
+    if act_dtype != torch.bfloat16 or format not in NATIVE_BF16_BUCKETS:
+        return False
+    buckets = NATIVE_BF16_BUCKETS[format]
+    return buckets is None or bucket in buckets
+
+
 @lru_cache(maxsize=None)
 def _isa_for(format: str, bucket: int, act_dtype: torch.dtype) -> int:
-    return _backend.isa_index(_backend.cpu_isa())
+    isa = _backend.cpu_isa()
+    if isa == "avx512bf16" and not _native_bf16(format, bucket, act_dtype):
+        isa = "avx512"  # the code avx512bf16 runs there anyway: say so
+    return _backend.isa_index(isa)
 
 
 @lru_cache(maxsize=4096)

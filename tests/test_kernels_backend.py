@@ -79,3 +79,16 @@ def test_isa_table_reaches_python():
     assert sparsekern._backend.CPU_ISAS == tuple(sparsekern._backend._C.cpu_isas())
     assert sparsekern._backend.CPU_ISAS[0] == "scalar"
     assert set(sparsekern._backend.cpu_features()) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+
+def test_planner_names_avx512bf16_only_where_it_reads_bf16():
+    """Per call, by format and activation dtype: 2:4 with bf16 activations runs the native
+    bf16 kernels; every other call names avx512, whose code it runs."""
+    from sparsekern import planner
+    if sparsekern.cpu_isa() != "avx512bf16":
+        pytest.skip(f"the kernels in use are {sparsekern.cpu_isa()}, not avx512bf16")
+    names = sparsekern._backend.CPU_ISAS
+    for batch in (1, 16, 31, 32, 256, 1000):
+        assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == "avx512bf16"
+        assert names[planner.kernel_isa("2:4", batch, torch.float32)] == "avx512"
+        for fmt in ("csr", "bitmap"):
+            assert names[planner.kernel_isa(fmt, batch, torch.bfloat16)] == "avx512"

@@ -1,7 +1,10 @@
 // The 2:4 family's avx512bf16 variant (flags: isa_table.h). bf16 values with bf16 activations
 // run natively (nm24_linear_bf16.h, Nm24Family::reads_bf16 lets them through the dispatch
-// unwidened); every other dtype pairing is the avx512 variant's.
+// unwidened): below nm24bf16::kBatchedFrom with the batch in the sum (nm24_linear_bf16.h), from
+// it with the batch in the lanes (nm24_linear_bf16_batched.h). Every other dtype pairing is the
+// avx512 variant's.
 #include "nm24_linear_bf16.h"
+#include "nm24_linear_bf16_batched.h"
 
 namespace sparsekern::cpu {
 
@@ -9,13 +12,15 @@ template <>
 void Nm24Family::run<Isa::avx512bf16>(const Nm24Matrix& w, const DenseArgs& a) {
   if (a.act_type == ActType::f32 || w.value_type != ValueType::bf16) return run<Isa::avx512>(w, a);
   if (a.batch == 0 || w.rows == 0) return;
-  nm24bf16::small_batch(w, a);
+  if (a.batch >= nm24bf16::kBatchedFrom) nm24bf16::batched(w, a);
+  else nm24bf16::small_batch(w, a);
 }
 
 template <>
 int64_t Nm24Family::workspace_floats<Isa::avx512bf16>(const Nm24Matrix& w, int64_t batch, int num_threads) {
   // Without the activation type here, enough for either path (float32 activations take avx512's).
-  return workspace_floats<Isa::avx512>(w, batch, num_threads);
+  const int64_t native = w.value_type == ValueType::bf16 ? nm24bf16::batched_workspace_floats(w, batch, num_threads) : 0;
+  return std::max(native, workspace_floats<Isa::avx512>(w, batch, num_threads));
 }
 
 }  // namespace sparsekern::cpu
