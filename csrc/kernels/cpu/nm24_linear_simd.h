@@ -188,9 +188,10 @@ typename V::ireg pair_base() {
 }
 
 // Decodes the chunk of W columns at `col` (a multiple of W, so of 8: meta bytes start there)
-// of rows r and r + 1: the pair's W values as floats (W/2 of each row) and their W lane
-// indices. Columns at and past `end` (the last chunk of a row or block) and a missing second
-// row (odd rows) decode to zero values.
+// of rows r and r + 1 for the register path (decode_block writes the same into the
+// workspace): the pair's W values as floats (W/2 of each row) and their W lane indices.
+// Columns at and past `end` (the last chunk of a row) and a missing second row (odd rows)
+// decode to zero values.
 template <typename V, typename ValueT>
 void decode_chunk(const Nm24Matrix& w, int64_t r, int64_t col, int64_t end, typename V::ireg base,
                   typename V::reg* vals, typename V::ireg* idx) {
@@ -215,20 +216,37 @@ void decode_chunk(const Nm24Matrix& w, int64_t r, int64_t col, int64_t end, type
   *idx = V::positions(word, base);
 }
 
-// Decodes rows [r0, r0 + 2 * pairs) x columns [k0, k0 + cols) into ws.
+// Decodes rows [r0, r0 + 2 * pairs) x columns [k0, k0 + cols) into ws; a missing second row
+// (odd rows) and the columns past the last full chunk decode to zero values. The loop body is
+// decode_chunk's, written out: the batched path's default, kept as it was measured.
 template <typename V, typename ValueT>
 void decode_block(const Nm24Matrix& w, int64_t r0, int64_t pairs, int64_t k0, int64_t cols, float* ws) {
   constexpr int W = V::width;
   const typename V::ireg base = pair_base<V>();
+  const auto* values = static_cast<const ValueT*>(w.values);
+  const int64_t half = w.cols / 2, meta_bytes = nm24_meta_bytes(w.cols);
   const int64_t chunks = (cols + W - 1) / W;
   for (int64_t p = 0; p < pairs; ++p) {
     float* out = ws + p * decoded_pair_floats<V>(chunks);
     for (int64_t c = 0; c < chunks; ++c) {
-      typename V::reg vals;
-      typename V::ireg idx;
-      decode_chunk<V, ValueT>(w, r0 + 2 * p, k0 + c * W, k0 + cols, base, &vals, &idx);
-      V::storeu(out + c * 2 * W, vals);
-      V::storeu_i(out + c * 2 * W + W, idx);
+      const int64_t col = k0 + c * W;  // a multiple of W, so of 8: meta bytes start here
+      const int64_t n = std::min<int64_t>(W, k0 + cols - col) / 2;  // values per row here
+      const int64_t r = r0 + 2 * p;
+      const bool both = r + 1 < w.rows;
+      const ValueT* src = values + r * half + col / 2;
+      const int64_t bytes = std::min<int64_t>(W / 8, meta_bytes - col / 8);
+      const uint8_t* meta = w.meta + r * meta_bytes + col / 8;
+      const uint32_t second = both ? read_meta(meta + meta_bytes, bytes) : 0;
+      const uint32_t word = read_meta(meta, bytes) | second << W;
+      if (both && n == W / 2) {
+        V::storeu(out + c * 2 * W, V::widen_halves(src, src + half));
+      } else {  // the last chunk of a row, or a pair missing its second row: zero-padded
+        ValueT lo[W / 2] = {}, hi[W / 2] = {};
+        std::memcpy(lo, src, size_t(n) * sizeof(ValueT));
+        if (both) std::memcpy(hi, src + half, size_t(n) * sizeof(ValueT));
+        V::storeu(out + c * 2 * W, V::widen_halves(lo, hi));
+      }
+      V::storeu_i(out + c * 2 * W + W, V::positions(word, base));
     }
   }
 }
