@@ -107,30 +107,19 @@ def cache_path() -> Path:
     return Path(root) / "format_choices.json"
 
 
-def _load_disk_cache() -> None:
-    global _disk_loaded
-    if _disk_loaded:
-        return
-    _disk_loaded = True
-    try:
-        stored = json.loads(cache_path().read_text())
-    except (OSError, ValueError):
-        return  # no cache yet, or a damaged one: measure again
-    if isinstance(stored, dict):
-        _format_cache.update({k: tuple(v) for k, v in stored.items()
-                              if isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) for p in v)})
-
-
-def _save_disk_cache(key: str) -> None:
-    """Adds one choice to the file (re-read first: another process may have added others)."""
-    path = cache_path()
+def _read_json_cache(path: Path) -> dict:
+    """A choice file's entries ({} when there is none yet, or a damaged one: measure again)."""
     try:
         stored = json.loads(path.read_text())
-        if not isinstance(stored, dict):
-            stored = {}
     except (OSError, ValueError):
-        stored = {}
-    stored[key] = list(_format_cache[key])
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def _write_json_cache(path: Path, key: str, value) -> None:
+    """Adds one choice to a choice file (re-read first: another process may have added others)."""
+    stored = _read_json_cache(path)
+    stored[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -138,6 +127,19 @@ def _save_disk_cache(key: str) -> None:
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home: the in-process cache still holds the choice
+
+
+def _load_disk_cache() -> None:
+    global _disk_loaded
+    if _disk_loaded:
+        return
+    _disk_loaded = True
+    _format_cache.update({k: tuple(v) for k, v in _read_json_cache(cache_path()).items()
+                          if isinstance(v, list) and len(v) == 2 and all(isinstance(p, str) for p in v)})
+
+
+def _save_disk_cache(key: str) -> None:
+    _write_json_cache(cache_path(), key, list(_format_cache[key]))
 
 
 @lru_cache(maxsize=1)
@@ -354,33 +356,14 @@ def _load_tile_disk_cache() -> None:
     if _tile_disk_loaded:
         return
     _tile_disk_loaded = True
-    try:
-        stored = json.loads(tile_cache_path().read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(stored, dict):
-        for key, value in stored.items():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str) and \
-                    (value[0] is None or isinstance(value[0], dict)):
-                _tile_cache[key] = (value[0], value[1])
+    for key, value in _read_json_cache(tile_cache_path()).items():
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[1], str) and \
+                (value[0] is None or isinstance(value[0], dict)):
+            _tile_cache[key] = (value[0], value[1])
 
 
 def _save_tile_choice(key: str) -> None:
-    path = tile_cache_path()
-    try:
-        stored = json.loads(path.read_text())
-        if not isinstance(stored, dict):
-            stored = {}
-    except (OSError, ValueError):
-        stored = {}
-    stored[key] = list(_tile_cache[key])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: the in-process cache still holds the choice
+    _write_json_cache(tile_cache_path(), key, list(_tile_cache[key]))
 
 
 def choose_tiles(format: str, tensors, in_features: int, out_features: int, sparsity: float,
