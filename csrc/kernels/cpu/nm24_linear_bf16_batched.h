@@ -37,7 +37,9 @@ namespace {
 // Batch from which the batched path runs: one full tile of lanes. Measured on Zen 5, 4096 x
 // 4096, 1 thread, against dense bf16 in the same run (a loaded machine, load ~8.7): the
 // small-batch path 0.64x / 0.76x / 0.52x / 0.37x at batch 12 / 16 / 64 / 256, this path
-// 0.64x / 0.54x / 0.58x / 0.49x: a partly empty tile wastes its lanes.
+// 0.64x / 0.54x / 0.58x / 0.49x: a partly empty tile wastes its lanes. Again with the
+// small-batch path's 8-row tiles, by thread CPU time: at batch 32 / 48 / 64 / 128 this path
+// 0.78x / 0.53x / 0.59x / 0.53x, the small-batch path 0.49x / 0.46x / 0.46x / 0.46x.
 constexpr int64_t kBatchedFrom = 32;
 constexpr int kVecs = 2;                // zmm of activation rows per tile
 constexpr int kLanes = 16 * kVecs;      // activation rows per tile
