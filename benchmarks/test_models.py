@@ -91,6 +91,8 @@ def test_auto_never_slower_than_dense(sparsity, batch, request):
 @pytest.mark.parametrize("batch", [1, 64])
 def test_auto_bf16_never_slower_than_dense(pattern, batch, request):
     """format="auto" on a bf16 model: timed in bf16 against dense bf16, it must never lose."""
+    if bench_mode(request.config) == "quick" and (pattern, batch) != ("2:4", 1):
+        pytest.skip("--quick runs the 2:4 batch-1 case only")
     dense = mlp8().eval()
     auto = copy.deepcopy(dense)
     if pattern == "2:4":
@@ -125,6 +127,8 @@ class LlamaMLP(nn.Module):
 def test_llama_mlp_bf16_24(batch, request):
     """The bf16 issue's block: pruned to 2:4 and stored in bf16, against the same pruned
     weights dense in bf16 (F.linear), bf16 activations."""
+    if bench_mode(request.config) == "quick" and batch != 1:
+        pytest.skip("--quick runs batch 1 only (the block is 270 MB of bf16 weights)")
     torch.manual_seed(0)
     dense = LlamaMLP().eval()
     sk.prune.finalize(sk.prune.nm(dense, n=2, m=4))
