@@ -87,6 +87,29 @@ def test_auto_never_slower_than_dense(sparsity, batch, request):
            f"(chose {'+'.join(formats)})")
 
 
+@pytest.mark.parametrize("pattern", ["2:4", 0.7, 0.9])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_auto_bf16_never_slower_than_dense(pattern, batch, request):
+    """format="auto" on a bf16 model: timed in bf16 against dense bf16, it must never lose."""
+    if bench_mode(request.config) == "quick" and (pattern, batch) != ("2:4", 1):
+        pytest.skip("--quick runs the 2:4 batch-1 case only")
+    dense = mlp8().eval()
+    auto = copy.deepcopy(dense)
+    if pattern == "2:4":
+        sk.prune.nm(auto, n=2, m=4)
+    else:
+        sk.prune.magnitude(auto, sparsity=pattern, scope="layer")
+    auto = auto.to(torch.bfloat16)
+    masked_dense = copy.deepcopy(auto)
+    sk.prune.finalize(masked_dense)
+    sk.sparsify(auto, format="auto", progress=False)
+    formats = sorted({m.format for m in auto.modules() if isinstance(m, sk.SparseLinear)})
+    ratios, _ = speedups(masked_dense, auto, torch.randn(batch, 768, dtype=torch.bfloat16))
+    name = "2:4" if pattern == "2:4" else f"s{pattern:g}"
+    record("auto", f"mlp8-bf16-{name}-b{batch}", ratios, {"dense": AUTO_MIN_RATIO}, request.config,
+           f"(chose {'+'.join(formats) or 'dense'})")
+
+
 class LlamaMLP(nn.Module):
     """A Llama MLP block: down(SiLU(gate(x)) * up(x)), hidden 4096, intermediate 11008."""
 
@@ -104,6 +127,8 @@ class LlamaMLP(nn.Module):
 def test_llama_mlp_bf16_24(batch, request):
     """The bf16 issue's block: pruned to 2:4 and stored in bf16, against the same pruned
     weights dense in bf16 (F.linear), bf16 activations."""
+    if bench_mode(request.config) == "quick" and batch != 1:
+        pytest.skip("--quick runs batch 1 only (the block is 270 MB of bf16 weights)")
     torch.manual_seed(0)
     dense = LlamaMLP().eval()
     sk.prune.finalize(sk.prune.nm(dense, n=2, m=4))

@@ -36,10 +36,10 @@ def test_every_isa_matches_reference(isa, out_features, in_features, batch, valu
 
 # bf16 values and activations, which avx512bf16 reads natively (vdpbf16ps): out_features not a
 # multiple of 16, in_features a multiple of 4 but not of its 64-column chunk, batch 1, around
-# its batch tile (4) and around 32, where its batched kernel takes over (kBatchedFrom in
+# its batch tile (8) and around 32, where its batched kernel takes over (kBatchedFrom in
 # nm24_linear_bf16_batched.h), and two tiles of 32 with a remainder. Other ISAs widen.
 @pytest.mark.parametrize("out_features, in_features", [(15, 68), (33, 132), (8, 4100)])
-@pytest.mark.parametrize("batch", [1, 3, 31, 32, 33, 70])
+@pytest.mark.parametrize("batch", [1, 3, 9, 31, 32, 33, 70])
 def test_bf16_activations_every_isa(isa, out_features, in_features, batch):
     packed, weight = case_24(out_features, in_features, seed=batch, value_dtype=torch.bfloat16)
     x = torch.randn(batch, 2 * in_features, dtype=torch.bfloat16)[:, ::2] if batch % 2 else \

@@ -34,7 +34,9 @@ namespace sparsekern::cpu::nm24bf16 {
 namespace {
 
 constexpr int kRowTile = 2;    // rows sharing each load of x
-constexpr int kBatchTile = 4;  // activation rows sharing each row's index decode
+// Activation rows sharing each row's index decode: 8 (16 accumulators) against 4 measured
+// 1.14x / 1.03x and 1.14x / 0.75x of dense bf16 at batch 8 and 12 (4096 x 4096, 1 thread).
+constexpr int kBatchTile = 8;
 
 // The first `bytes` (at most 8) bytes at p as a little-endian word: a row's meta may end on any byte.
 inline uint64_t read_meta64(const uint8_t* p, int64_t bytes) {
@@ -123,7 +125,11 @@ void batch_tiles(const Nm24Matrix& w, const DenseArgs& a, const Decode& d, int64
       case 1: tile<NR, 1>(w, a, d, r, b); break;
       case 2: tile<NR, 2>(w, a, d, r, b); break;
       case 3: tile<NR, 3>(w, a, d, r, b); break;
-      default: tile<NR, 4>(w, a, d, r, b); break;
+      case 4: tile<NR, 4>(w, a, d, r, b); break;
+      case 5: tile<NR, 5>(w, a, d, r, b); break;
+      case 6: tile<NR, 6>(w, a, d, r, b); break;
+      case 7: tile<NR, 7>(w, a, d, r, b); break;
+      default: tile<NR, 8>(w, a, d, r, b); break;
     }
   }
 }

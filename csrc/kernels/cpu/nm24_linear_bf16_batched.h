@@ -37,7 +37,9 @@ namespace {
 // Batch from which the batched path runs: one full tile of lanes. Measured on Zen 5, 4096 x
 // 4096, 1 thread, against dense bf16 in the same run (a loaded machine, load ~8.7): the
 // small-batch path 0.64x / 0.76x / 0.52x / 0.37x at batch 12 / 16 / 64 / 256, this path
-// 0.64x / 0.54x / 0.58x / 0.49x: a partly empty tile wastes its lanes.
+// 0.64x / 0.54x / 0.58x / 0.49x: a partly empty tile wastes its lanes. Again with the
+// small-batch path's 8-row tiles, by thread CPU time: at batch 32 / 48 / 64 / 128 this path
+// 0.78x / 0.53x / 0.59x / 0.53x, the small-batch path 0.49x / 0.46x / 0.46x / 0.46x.
 constexpr int64_t kBatchedFrom = 32;
 constexpr int kVecs = 2;                // zmm of activation rows per tile
 constexpr int kLanes = 16 * kVecs;      // activation rows per tile
@@ -162,14 +164,15 @@ inline void batched(const Nm24Matrix& w, const DenseArgs& a) {
   auto* packed = reinterpret_cast<uint32_t*>(a.workspace);
 #pragma omp parallel num_threads(parts) if (parts > 1)
   {
-    const int part = parts > 1 ? omp_get_thread_num() : 0;
+    // The team OpenMP gave (it may give fewer threads than asked: nested, or a thread limit).
+    const int team = omp_get_num_threads(), part = omp_get_thread_num();
     float* sums = a.workspace + packed_floats(w) + part * kRowBlock * kLanes;
-    const int64_t r0 = w.rows * part / parts, r1 = w.rows * (part + 1) / parts;
+    const int64_t r0 = w.rows * part / team, r1 = w.rows * (part + 1) / team;
     for (int64_t b0 = 0; b0 < a.batch; b0 += kLanes) {
       const int nb = int(std::min<int64_t>(kLanes, a.batch - b0));
       // Every thread packs a share of the groups; the barriers keep the tiles apart.
 #pragma omp barrier
-      pack_groups(a, b0, nb, groups * part / parts, groups * (part + 1) / parts, packed);
+      pack_groups(a, b0, nb, groups * part / team, groups * (part + 1) / team, packed);
 #pragma omp barrier
       for (int64_t rb = r0; rb < r1; rb += kRowBlock)
         row_block(w, a, rb, std::min<int64_t>(rb + kRowBlock, r1), b0, nb, packed, sums);
