@@ -13,7 +13,9 @@ Two ways to run it:
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 
 import torch
@@ -109,42 +111,152 @@ def _capture_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable,
     return captured
 
 
-def _collecting(modules: list[tuple[str, nn.Module]], make_stats: Callable):
-    """Forward pre-hooks feeding each module's 2-D input to its stats; returns (stats, handles)."""
-    stats = {name: make_stats(name, module) for name, module in modules}
+class _Group:
+    """Modules fed one stats object: so far every one of them received the same tensor
+    objects, in the same order (or none). ``joinable``: first batch, every member has
+    received only the tensor the stats hold. ``pending``/``seen``: later batches, the
+    batch's tensor, held until every member has received it, and the members that have."""
 
-    def collect(name):
+    def __init__(self, name: str, stats):
+        self.members, self.stats, self.joinable, self.pending, self.seen = [name], stats, False, None, set()
+
+
+class _Collector:
+    """Forward pre-hooks feeding each module's 2-D input to its stats (``stats[name]``).
+
+    With ``share``, modules that receive the same tensor object (Llama's q/k/v projections,
+    gate/up) share one stats object, fed once per tensor, which the pruning step
+    recognizes by identity to do its work once per distinct input. Sharing is decided
+    by object identity within one batch (one forward: ``end_batch`` marks its end), never
+    across batches, where a freed tensor's id can be reused:
+    - first batch: a module whose first input is, by identity, the first input of a group
+      that has seen nothing else joins it (no add); any other module gets its own group;
+    - later batches: a group's tensor is added once every member has received that same
+      object once. A member receiving another tensor, or a second one, or no tensor when
+      others did, ends the group: each member gets its own copy of the stats (which hold
+      only what all of them received) plus what it received itself since.
+    Sums so match, operation for operation, what one stats object per module would hold.
+    Without ``share``, one stats object per module, fed on every call."""
+
+    def __init__(self, modules: list[tuple[str, nn.Module]], make_stats: Callable, share: bool = False):
+        self.make_stats, self.share, self.batches = make_stats, share, 0
+        self.modules = dict(modules)
+        self.groups: dict[str, _Group] = {}
+        self.first_inputs: dict[int, tuple[weakref.ref, _Group]] = {}  # first batch: id -> (tensor, group)
+        self.handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in modules]
+        self._own = {} if share else {name: make_stats(name, module) for name, module in modules}
+
+    @property
+    def stats(self) -> dict:
+        """name -> stats; modules of one group hold the same object."""
+        own = dict(self._own)
+        for name, group in self.groups.items():
+            own[name] = group.stats
+        for name, module in self.modules.items():
+            if name not in own:  # never called
+                own[name] = self._own.setdefault(name, self.make_stats(name, module))
+        return own
+
+    def _add(self, name: str, x: torch.Tensor, stats) -> None:
+        stats.add(x.detach().reshape(-1, in_features(self.modules[name])))
+
+    def _hook(self, name: str):
         def hook(module, args):
-            stats[name].add(args[0].detach().reshape(-1, in_features(module)))
+            if not self.share:
+                self._add(name, args[0], self._own[name])
+            elif self.batches == 0:
+                self._first_batch(name, args[0])
+            else:
+                self._later_batch(name, args[0])
         return hook
 
-    handles = [module.register_forward_pre_hook(collect(name)) for name, module in modules]
-    return stats, handles
+    def _first_batch(self, name: str, x: torch.Tensor) -> None:
+        group = self.groups.get(name)
+        if group is None:
+            entry = self.first_inputs.get(id(x))
+            leader = entry[1] if entry is not None and entry[0]() is x else None
+            if (leader is not None and leader.joinable
+                    and in_features(self.modules[leader.members[0]]) == in_features(self.modules[name])):
+                leader.members.append(name)  # the same first tensor: the stats already hold it
+                self.groups[name] = leader
+                return
+            group = self.groups[name] = _Group(name, self.make_stats(name, self.modules[name]))
+            self._add(name, x, group.stats)
+            group.joinable = True
+            # A weak reference: holding the tensor would keep every input of the batch alive.
+            self.first_inputs[id(x)] = (weakref.ref(x), group)
+            return
+        if len(group.members) > 1:
+            self._split(group)  # all of them received x, which the stats hold
+        group = self.groups[name]
+        group.joinable = False  # a second tensor
+        self._add(name, x, group.stats)
+
+    def _later_batch(self, name: str, x: torch.Tensor) -> None:
+        group = self.groups.get(name)
+        if group is None:  # first called after the first batch: on its own
+            group = self.groups[name] = _Group(name, self.make_stats(name, self.modules[name]))
+        if len(group.members) > 1:
+            if name not in group.seen and (not group.seen or x is group.pending):
+                group.pending = x
+                group.seen.add(name)
+                if len(group.seen) == len(group.members):
+                    self._add(name, x, group.stats)
+                    group.pending = None
+                return
+            self._split(group)
+            group = self.groups[name]
+        self._add(name, x, group.stats)
+
+    def _split(self, group: _Group) -> None:
+        """Each member on its own, from the stats all of them share, plus the pending
+        tensor for those that received it."""
+        group.joinable = False
+        for i, name in enumerate(group.members):
+            own = group.stats if i == len(group.members) - 1 else copy.deepcopy(group.stats)
+            if group.pending is not None and name in group.seen:
+                self._add(name, group.pending, own)
+            self.groups[name] = _Group(name, own)
+
+    def end_batch(self) -> None:
+        for group in {id(g): g for g in self.groups.values()}.values():
+            if group.pending is not None and len(group.members) > 1 and len(group.seen) < len(group.members):
+                self._split(group)  # some members received nothing this batch
+        for group in self.groups.values():
+            group.pending, group.seen = None, set()
+        self.first_inputs.clear()
+        self.batches += 1
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
-def _pass(model, modules, batches, make_stats, prune_group, desc) -> None:
+def _pass(model, modules, batches, make_stats, prune_group, desc, share) -> None:
     """One pass of the whole model over the batches, then the modules pruned."""
-    stats, handles = _collecting(modules, make_stats)
-    seen = 0
+    collector = _Collector(modules, make_stats, share)
     try:
         for batch in calibration(batches, desc):
             run_model(model, batch)
-            seen += 1
+            collector.end_batch()
     finally:
-        for handle in handles:
-            handle.remove()
-    if seen == 0:
+        collector.remove()
+    if collector.batches == 0:
         raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
+    stats = collector.stats
     prune_group([(name, module, stats[name]) for name, module in modules])
 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable, modules: list[tuple[str, nn.Module]], make_stats: Callable,
-              prune_group: Callable, *, sequential: bool | None, blocks: str | None, desc: str) -> None:
+              prune_group: Callable, *, sequential: bool | None, blocks: str | None, desc: str,
+              share: bool = False) -> None:
     """Collect ``make_stats(name, module)`` objects (``.add(x)`` takes the module's input as
     [tokens, in_features]) and call ``prune_group([(name, module, stats), ...])``:
     block by block when ``sequential`` (None: when a block stack is found), else once.
-    Layers outside the stack (lm_head) are calibrated last, on the pruned model."""
+    Layers outside the stack (lm_head) are calibrated last, on the pruned model.
+    ``share``: layers that receive the same tensor objects share one stats object (see
+    ``_Collector``), which ``prune_group`` can recognize by identity."""
     if sequential is not None and not isinstance(sequential, bool):
         raise TypeError(f"sequential = {sequential!r}: expected True, False or None (auto)")
     found = find_blocks(model, blocks) if sequential is not False else None
@@ -153,7 +265,7 @@ def calibrate(model: nn.Module, batches: Iterable, modules: list[tuple[str, nn.M
                          "of at least 2 modules of one class): name it with blocks=, or pass sequential=False")
     if found is None:
         with _without_cache(model):
-            _pass(model, modules, batches, make_stats, prune_group, desc)
+            _pass(model, modules, batches, make_stats, prune_group, desc, share)
         return
     stack_name, stack = found
     if not isinstance(batches, (list, tuple)):
@@ -167,19 +279,20 @@ def calibrate(model: nn.Module, batches: Iterable, modules: list[tuple[str, nn.M
             raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
         for i, block in enumerate(progress(stack, f"{desc} blocks")):
             if inside[i]:
-                stats, handles = _collecting(inside[i], make_stats)
+                collector = _Collector(inside[i], make_stats, share)
                 try:
                     for args, kwargs in inputs:
                         block(*args, **kwargs)
+                        collector.end_batch()
                 finally:
-                    for handle in handles:
-                        handle.remove()
+                    collector.remove()
+                stats = collector.stats
                 prune_group([(name, module, stats[name]) for name, module in inside[i]])
             if i + 1 < len(stack):  # the next block's inputs, from this block as pruned
                 inputs = [_with_hidden(args, kwargs, _first(block(*args, **kwargs))) for args, kwargs in inputs]
         del inputs
         if outside:
-            _pass(model, outside, batches, make_stats, prune_group, desc)
+            _pass(model, outside, batches, make_stats, prune_group, desc, share)
 
 
 def _first(output):

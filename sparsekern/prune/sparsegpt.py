@@ -29,6 +29,10 @@ from .nm import check_nm
 # positive definite in floating point.
 _RETRY_DAMPS = (0.1, 1.0)
 
+# Layers receiving the same input tensor (Llama's q/k/v, gate/up) share one Hessian and one
+# factorization. A switch for the tests, which compare against the per-layer path.
+_SHARE_INPUTS = True
+
 
 class Hessian:
     """Running 2/N * X^T X (float64) of one layer's inputs."""
@@ -47,11 +51,15 @@ class Hessian:
         return None if self.sum is None else self.sum * (2.0 / max(self.count, 1))
 
 
-def _upper_inverse_factor(hessian: torch.Tensor, damp: float, name: str) -> torch.Tensor:
+def _label(names: list[str]) -> str:
+    return f"layer {names[0]!r}" if len(names) == 1 else f"layers {names} (one shared input)"
+
+
+def _upper_inverse_factor(hessian: torch.Tensor, damp: float, names: list[str]) -> torch.Tensor:
     """U, upper triangular with U^T U = (H + damping)^-1, retrying with more damping
-    (and a warning naming the layer) when H is numerically singular."""
+    (and a warning naming the layers) when H is numerically singular."""
     if not torch.isfinite(hessian).all():
-        raise ValueError(f"sparsegpt: layer {name!r}: its calibration inputs give a Hessian with NaN or Inf "
+        raise ValueError(f"sparsegpt: {_label(names)}: its calibration inputs give a Hessian with NaN or Inf "
                          "(NaN/Inf activations, or an overflow in a low-precision model): check the batches, "
                          "or calibrate in float32")
     mean_diag = hessian.diagonal().mean()
@@ -64,11 +72,24 @@ def _upper_inverse_factor(hessian: torch.Tensor, damp: float, name: str) -> torc
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if info == 0:
                 if attempt:
-                    warnings.warn(f"sparsegpt: layer {name!r}: its Hessian is singular with damp={damp}; "
+                    warnings.warn(f"sparsegpt: {_label(names)}: its Hessian is singular with damp={damp}; "
                                   f"pruned with damp={level} instead", stacklevel=5)
                 return upper
-    raise ValueError(f"sparsegpt: layer {name!r}: its Hessian stays singular even with damp={level}: "
+    raise ValueError(f"sparsegpt: {_label(names)}: its Hessian stays singular even with damp={level}: "
                      "give more (or more varied) calibration batches")
+
+
+def _factor(hessian: torch.Tensor | None, cols: int, device: torch.device, damp: float,
+            names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, dead) for a Hessian [cols, cols] (None: H = I, on ``device``): the upper Cholesky
+    factor of the dampened inverse, and the inputs that were always zero. It depends on H
+    alone, so layers with one input share it."""
+    h = torch.eye(cols, dtype=torch.float64, device=device) if hessian is None else hessian.to(torch.float64).clone()
+    # Inputs that were always zero carry no information: H[i, i] = 1 keeps H invertible,
+    # and their weights do not matter for the output, so they are pruned first.
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    return _upper_inverse_factor(h, damp, names), dead
 
 
 @torch.no_grad()
@@ -83,16 +104,17 @@ def prune_matrix(weight: torch.Tensor, hessian: torch.Tensor | None, *, sparsity
     (whole block, every row) with the lowest w^2 / U_qq^2. N:M: of every ``m``
     consecutive inputs of a row, the ``m - n`` with the lowest score go (``n`` stay, as in
     ``nm``), scored when the group is reached, on the weights updated so far."""
+    u, dead = _factor(hessian, weight.shape[1], weight.device, damp, [name])
+    return _sweep(weight, u, dead, sparsity=sparsity, n=n, m=m, pruned=pruned, block_size=block_size)
+
+
+def _sweep(weight: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, *, sparsity: float | None, n: int | None,
+           m: int | None, pruned: torch.Tensor | None, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column sweep of ``prune_matrix`` with the factor U and dead inputs of ``_factor``."""
     rows, cols = weight.shape
     w = weight.detach().to(torch.float64).clone()
     pruned = torch.zeros_like(w, dtype=torch.bool) if pruned is None else pruned.to(torch.bool).clone()
-    h = torch.eye(cols, dtype=torch.float64, device=w.device) if hessian is None else hessian.to(torch.float64).clone()
-    # Inputs that were always zero carry no information: H[i, i] = 1 keeps H invertible,
-    # and their weights do not matter for the output, so they are pruned first.
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    u = _upper_inverse_factor(h, damp, name)
     w[pruned] = 0.0
 
     keep = torch.ones_like(w, dtype=torch.bool)
@@ -161,7 +183,9 @@ def sparsegpt(model: nn.Module, batches: Iterable, sparsity: float | None = None
     Prunes every nn.Linear and transformers Conv1D (GPT-2) by default; tied weights are
     skipped unless ``prune_tied``. The updated weights are written and each pruned layer
     is finalized (masks baked in, no ``weight_orig``/``weight_mask``): the reconstruction
-    is kept. Returns ``model``."""
+    is kept. Layers that receive the same input tensor in every calibration batch (a Llama
+    block's q/k/v projections, and gate/up) share one Hessian and its factorization, with
+    the same result as one per layer. Returns ``model``."""
     _check_args(sparsity, n, m, block_size, damp)
     modules = prunable(model, include, exclude, with_conv1d(model, (nn.Linear,)), prune_tied)
     if sparsity is None:
@@ -172,21 +196,28 @@ def sparsegpt(model: nn.Module, batches: Iterable, sparsity: float | None = None
 
     def prune_group(group):
         unseen = []
+        # Layers given one Hessian object received the same inputs (the calibration shares
+        # it, e.g. q/k/v): one factorization for all of them.
+        sharing = {}
         for name, module, hessian in group:
-            weight = out_in(module, weight_param(module).detach())
+            sharing.setdefault(id(hessian), (hessian, []))[1].append((name, module))
+        for hessian, layers in sharing.values():
             matrix = hessian.matrix()
             if matrix is None:
-                unseen.append(name)
-            new, keep = prune_matrix(weight, matrix, sparsity=sparsity, n=n, m=m,
-                                     pruned=out_in(module, mask_of(module)) == 0,
-                                     block_size=block_size, damp=damp, name=name)
-            with torch.no_grad():
-                weight_param(module).copy_(stored(module, new).to(weight.dtype))
-            apply_mask(module, stored(module, keep), name)
-            unmask(module)  # finalize: the reconstructed weights are the result
-            hessian.sum = None  # free it now: a 1B model's layers add up
+                unseen.extend(name for name, _ in layers)
+            first = out_in(layers[0][1], weight_param(layers[0][1]).detach())
+            u, dead = _factor(matrix, first.shape[1], first.device, damp, [name for name, _ in layers])
+            hessian.sum = matrix = None  # free it now: a 1B model's layers add up
+            for name, module in layers:
+                weight = out_in(module, weight_param(module).detach())
+                new, keep = _sweep(weight, u, dead, sparsity=sparsity, n=n, m=m,
+                                   pruned=out_in(module, mask_of(module)) == 0, block_size=block_size)
+                with torch.no_grad():
+                    weight_param(module).copy_(stored(module, new).to(weight.dtype))
+                apply_mask(module, stored(module, keep), name)
+                unmask(module)  # finalize: the reconstructed weights are the result
         warn_unseen("sparsegpt", unseen, "pruned by magnitude, without reconstruction")
 
     calibrate(model, batches, modules, Hessian, prune_group, sequential=sequential, blocks=blocks,
-              desc="sparsegpt")
+              desc="sparsegpt", share=_SHARE_INPUTS)
     return model
