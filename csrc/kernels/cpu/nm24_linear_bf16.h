@@ -145,10 +145,7 @@ inline void small_batch(const Nm24Matrix& w, const DenseArgs& a) {
     for (; r + kRowTile <= r1; r += kRowTile) batch_tiles<kRowTile>(w, a, d, r, 0, a.batch);
     for (; r < r1; ++r) batch_tiles<1>(w, a, d, r, 0, a.batch);
   };
-  // Work too small to share skips the OpenMP runtime (about 0.4 us a call).
-  if (parts == 1) return run_part(0);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-  for (int part = 0; part < parts; ++part) run_part(part);
+  run_parts(parts, run_part);
 }
 
 }  // namespace

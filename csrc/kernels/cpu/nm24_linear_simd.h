@@ -160,10 +160,7 @@ void direct(const Nm24Matrix& w, const DenseArgs& a) {
       }
     }
   };
-  // Work too small to share skips the OpenMP runtime (about 0.4 us a call).
-  if (parts == 1) return run_part(0);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-  for (int part = 0; part < parts; ++part) run_part(part);
+  run_parts(parts, run_part);
 }
 
 // Makes the compiler keep r in a register. Without it gcc folds the load of x into each of
@@ -445,9 +442,7 @@ void registers(const Nm24Matrix& w, const DenseArgs& a) {
       }
     }
   };
-  if (parts == 1) return run_part(0);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-  for (int part = 0; part < parts; ++part) run_part(part);
+  run_parts(parts, run_part);
 }
 
 template <typename V>

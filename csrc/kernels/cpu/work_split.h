@@ -34,5 +34,14 @@ inline int useful_threads(int64_t nnz, int64_t batch, int requested) {
   return int(std::max<int64_t>(1, std::min<int64_t>(requested, by_work)));
 }
 
+// Runs part(0 .. parts-1), one OpenMP thread each; a single part skips the OpenMP runtime
+// (about 0.4 us a call, a tenth of a small layer at batch 1).
+template <typename Part>
+inline void run_parts(int parts, const Part& part) {
+  if (parts == 1) return part(0);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int i = 0; i < parts; ++i) part(i);
+}
+
 }  // namespace
 }  // namespace sparsekern::cpu
