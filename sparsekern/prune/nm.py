@@ -39,12 +39,19 @@ def check_nm(n, m) -> None:
         raise ValueError(f"n = {n!r}, m = {m!r}: expected integers with 1 <= n <= m")
 
 
-def apply_nm(modules: list[tuple[str, nn.Module]], n: int, m: int, scores: Mapping[str, torch.Tensor]) -> None:
-    """The N:M masks of ``nm`` on already selected modules (shared with ``wanda``).
-    Checks every layer's in_features before masking any."""
+def check_nm_inputs(modules: list[tuple[str, nn.Module]], m: int) -> None:
+    """ValueError naming the first layer whose in_features is not a multiple of m (no
+    padding: the 2:4 format needs whole groups); methods that prune block by block call it
+    before pruning any."""
     for name, module in modules:
         if in_features(module) % m:
             raise ValueError(f"{name}: in_features = {in_features(module)} is not a multiple of m = {m}")
+
+
+def apply_nm(modules: list[tuple[str, nn.Module]], n: int, m: int, scores: Mapping[str, torch.Tensor]) -> None:
+    """The N:M masks of ``nm`` on already selected modules (shared with ``wanda``).
+    Checks every layer's in_features before masking any."""
+    check_nm_inputs(modules, m)
     for name, module in modules:
         rows = out_in(module, masked_scores(scores, name, module))  # groups run along the inputs
         keep = keep_mask(rows.reshape(-1, m), m - n).view(rows.shape)

@@ -23,7 +23,7 @@ from ._calibrate import calibrate, warn_unseen
 from ._linear import out_in, stored, with_conv1d
 from ._masks import apply_mask, check_fraction, mask_of, unmask, weight_param
 from ._select import Selector, prunable
-from .nm import check_nm
+from .nm import check_nm, check_nm_inputs
 
 # Dampings tried, in this order after ``damp``, when H + damp * mean(diag H) * I is not
 # positive definite in floating point.
@@ -188,11 +188,8 @@ def sparsegpt(model: nn.Module, batches: Iterable, sparsity: float | None = None
     the same result as one per layer. Returns ``model``."""
     _check_args(sparsity, n, m, block_size, damp)
     modules = prunable(model, include, exclude, with_conv1d(model, (nn.Linear,)), prune_tied)
-    if sparsity is None:
-        for name, module in modules:
-            if out_in(module, module.weight).shape[1] % m:
-                raise ValueError(f"{name}: in_features = {out_in(module, module.weight).shape[1]} is not a "
-                                 f"multiple of m = {m}")
+    if sparsity is None:  # every layer's shape checked before any is pruned
+        check_nm_inputs(modules, m)
 
     def prune_group(group):
         unseen = []

@@ -10,7 +10,7 @@ from ._calibrate import calibrate, warn_unseen
 from ._linear import out_in, stored, with_conv1d
 from ._masks import effective_weight, prune_by_scores, unmask
 from ._select import Selector, prunable, select
-from .nm import apply_nm, check_nm
+from .nm import apply_nm, check_nm, check_nm_inputs
 
 
 class InputNorms:
@@ -32,6 +32,14 @@ def _scores(module: nn.Module, norms: InputNorms) -> torch.Tensor:
     return stored(module, out_in(module, weight) * norms.total.sqrt()[None, :])
 
 
+def _group_scores(group) -> dict[str, torch.Tensor]:
+    """The scores of a calibrated group [(name, module, norms)], with a warning naming the
+    layers no input reached."""
+    warn_unseen("wanda", [name for name, _, norms in group if norms.total is None],
+                "their scores fall back to |W|")
+    return {name: _scores(module, norms) for name, module, norms in group}
+
+
 @torch.no_grad()
 def wanda_scores(model: nn.Module, batches: Iterable, *, include: Selector = None,
                  exclude: Selector = None) -> dict[str, torch.Tensor]:
@@ -50,9 +58,7 @@ def wanda_scores(model: nn.Module, batches: Iterable, *, include: Selector = Non
     scores = {}
 
     def keep(group):
-        warn_unseen("wanda", [name for name, _, norms in group if norms.total is None],
-                    "their scores fall back to |W|")
-        scores.update({name: _scores(module, norms) for name, module, norms in group})
+        scores.update(_group_scores(group))
 
     calibrate(model, batches, modules, InputNorms, keep, sequential=False, blocks=None, desc="wanda")
     return scores
@@ -83,15 +89,10 @@ def wanda(model: nn.Module, batches: Iterable, sparsity: float | None = None, *,
         raise TypeError(f"finalize = {finalize!r}: expected True or False")
     modules = prunable(model, include, exclude, with_conv1d(model, (nn.Linear,)), prune_tied)
     if sparsity is None:  # every layer's shape checked before any is pruned
-        for name, module in modules:
-            if out_in(module, module.weight).shape[1] % m:
-                raise ValueError(f"{name}: in_features = {out_in(module, module.weight).shape[1]} is not "
-                                 f"a multiple of m = {m}")
+        check_nm_inputs(modules, m)
 
     def prune_group(group):
-        warn_unseen("wanda", [name for name, _, norms in group if norms.total is None],
-                    "their scores fall back to |W|")
-        scores = {name: _scores(module, norms) for name, module, norms in group}
+        scores = _group_scores(group)
         chosen = [(name, module) for name, module, _ in group]
         if sparsity is None:
             apply_nm(chosen, n, m, scores)
