@@ -232,12 +232,13 @@ class _Collector:
             handle.remove()
 
 
-def _pass(model, modules, batches, make_stats, prune_group, desc, share) -> None:
-    """One pass of the whole model over the batches, then the modules pruned."""
+def _collect_then_prune(modules, make_stats, share, prune_group, forwards, desc) -> None:
+    """Runs ``forwards`` (one call per calibration batch) with the modules' stats collected,
+    then prunes them."""
     collector = _Collector(modules, make_stats, share)
     try:
-        for batch in calibration(batches, desc):
-            run_model(model, batch)
+        for forward in forwards:
+            forward()
             collector.end_batch()
     finally:
         collector.remove()
@@ -245,6 +246,12 @@ def _pass(model, modules, batches, make_stats, prune_group, desc, share) -> None
         raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
     stats = collector.stats
     prune_group([(name, module, stats[name]) for name, module in modules])
+
+
+def _pass(model, modules, batches, make_stats, prune_group, desc, share) -> None:
+    """One pass of the whole model over the batches, then the modules pruned."""
+    forwards = (lambda batch=batch: run_model(model, batch) for batch in calibration(batches, desc))
+    _collect_then_prune(modules, make_stats, share, prune_group, forwards, desc)
 
 
 @torch.no_grad()
@@ -279,15 +286,9 @@ def calibrate(model: nn.Module, batches: Iterable, modules: list[tuple[str, nn.M
             raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
         for i, block in enumerate(progress(stack, f"{desc} blocks")):
             if inside[i]:
-                collector = _Collector(inside[i], make_stats, share)
-                try:
-                    for args, kwargs in inputs:
-                        block(*args, **kwargs)
-                        collector.end_batch()
-                finally:
-                    collector.remove()
-                stats = collector.stats
-                prune_group([(name, module, stats[name]) for name, module in inside[i]])
+                forwards = (lambda args=args, kwargs=kwargs, block=block: block(*args, **kwargs)
+                            for args, kwargs in inputs)
+                _collect_then_prune(inside[i], make_stats, share, prune_group, forwards, desc)
             if i + 1 < len(stack):  # the next block's inputs, from this block as pruned
                 inputs = [_with_hidden(args, kwargs, _first(block(*args, **kwargs))) for args, kwargs in inputs]
         del inputs
