@@ -26,15 +26,13 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def dense_models():
-    return {}  # one dense model per dtype, shared by the cases of this module
+    return {}  # the dense model of the current dtype, shared by the cases of this module
 
 
 def test_llm(llm_case, dense_models, request):
     kind, dtype, variant = llm_case
     quick = bench_mode(request.config) == "quick"
     settings = QUICK if quick else FULL
-    if dtype not in dense_models:
-        dense_models.clear()
     result = llm_bench.measure(kind, dtype, variant, settings, dense_models)
     key = f"{kind}-{dtype}-{variant.name}"
     target = 0 if quick else (AUTO_MIN_RATIO if kind == "prefill" else LLM_TARGETS.get(key, 0))

@@ -176,10 +176,11 @@ def cases(dtypes: Sequence[str], kinds: Sequence[str] = ("decode", "prefill")) -
 
 def measure(kind: str, dtype: str, variant: Variant, settings: Settings,
             dense_models: Optional[Dict[str, nn.Module]] = None) -> Result:
-    """One case: the dense model (built once per dtype, kept in dense_models) against its pruned
-    copy, paired round by round."""
+    """One case: the dense model (built once per dtype and kept in dense_models, which holds one
+    dtype's at a time: cases come grouped by dtype) against its pruned copy, paired round by round."""
     dense_models = {} if dense_models is None else dense_models
     if dtype not in dense_models:
+        dense_models.clear()
         dense_models[dtype] = llama(settings.shape, DTYPES[dtype])
     dense = dense_models[dtype]
     if kind == "prefill":
@@ -216,8 +217,6 @@ def run(settings: Settings, dtypes: Sequence[str], kinds: Sequence[str] = ("deco
     bar = tqdm(todo, desc="bench --llm", unit="case", disable=None if progress is None else not progress)
     for kind, dtype, variant in bar:
         bar.set_postfix_str(f"{kind} {dtype} {variant.name}", refresh=False)
-        if dtype not in dense_models:
-            dense_models.clear()  # cases come grouped by dtype: one dense model in memory at a time
         results.append(measure(kind, dtype, variant, settings, dense_models))
     return results
 
@@ -250,11 +249,14 @@ def _parse(argv: List[str]) -> Tuple[Settings, List[str], List[str]]:
     for name, default in vars(shape).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, metavar="N",
                        help=f"model {name.replace('_', ' ')} (default {default})")
-    p.add_argument("--prompt", type=int, default=d.prompt, metavar="N", help=f"decode prompt tokens (default {d.prompt})")
+    p.add_argument("--prompt", type=int, default=d.prompt, metavar="N",
+                   help=f"decode prompt tokens (default {d.prompt})")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens, metavar="N",
                    help=f"decode: tokens generated (default {d.new_tokens})")
-    p.add_argument("--prefill", type=int, default=d.prefill, metavar="N", help=f"prefill prompt tokens (default {d.prefill})")
-    p.add_argument("--rounds", type=int, default=d.rounds, metavar="N", help=f"paired rounds per case (default {d.rounds})")
+    p.add_argument("--prefill", type=int, default=d.prefill, metavar="N",
+                   help=f"prefill prompt tokens (default {d.prefill})")
+    p.add_argument("--rounds", type=int, default=d.rounds, metavar="N",
+                   help=f"paired rounds per case (default {d.rounds})")
     args = p.parse_args(argv)
     for name in [*vars(shape), "prompt", "prefill", "rounds"]:
         if getattr(args, name) < 1:
