@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import planner
 from .formats import PACKED_FORMATS, PackedFormat
@@ -101,6 +102,30 @@ def run_kernel(format: str, kernel, x: Tensor, bias: Optional[Tensor], in_featur
     return y if x.ndim == 2 else y.reshape(*x.shape[:-1], out_features)
 
 
+def version_of(t: Tensor) -> int:
+    """t's in-place update counter; -1 for an inference tensor, which keeps none (made under
+    torch.inference_mode, it can be changed in place only there)."""
+    return -1 if t.is_inference() else t._version
+
+
+# The op path's kernel objects, by packed values tensor. The dispatcher's calls (torch.compile,
+# training) pass the same tensors call after call, and a kernel that lives across calls may
+# keep layouts derived from them (2:4's rows-in-lanes copy for bf16 batches) instead of
+# rebuilding them per call. An entry goes with its tensor.
+_op_kernels = WeakIdKeyDictionary()
+
+
+def _op_kernel(fmt: PackedFormat, tensors, in_features: int, out_features: int):
+    key = (tuple((t.data_ptr(), t.numel(), version_of(t)) for t in tensors), in_features, out_features)
+    entry = _op_kernels.get(tensors.values)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    kernel = fmt.kernel(tensors, in_features, out_features)
+    kernel.keep_layouts()
+    _op_kernels[tensors.values] = (key, kernel)
+    return kernel
+
+
 def linear_eager(format: str, x: Tensor, tensors: Sequence[Tensor], bias: Optional[Tensor], in_features: int,
                  out_features: int, isa: Optional[str] = None) -> Tensor:
     """y = x @ W.T + bias for W packed in `format`, computed now (no dispatcher, no autograd).
@@ -113,8 +138,11 @@ def linear_eager(format: str, x: Tensor, tensors: Sequence[Tensor], bias: Option
     check_linear_args(fmt, x, tensors, bias, in_features, out_features)
     if not x.is_cpu or not kernel_dtypes(x, tensors.values):
         return fmt.linear_torch(x, tensors, bias, in_features, out_features)
-    tensors = fmt.layout(*(t.contiguous() for t in tensors))
-    kernel = fmt.kernel(tensors, in_features, out_features)
+    contiguous = fmt.layout(*(t.contiguous() for t in tensors))
+    if all(c is t for c, t in zip(contiguous, tensors)):
+        kernel = _op_kernel(fmt, contiguous, in_features, out_features)
+    else:  # copies made for this call only
+        kernel = fmt.kernel(contiguous, in_features, out_features)
     return run_kernel(format, kernel, x, kernel_bias(bias), in_features, out_features, isa)
 
 

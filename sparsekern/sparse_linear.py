@@ -195,20 +195,22 @@ class SparseLinear(nn.Module):
         return False
 
     def _handle_key(self) -> tuple:
-        """What the cached kernel depends on: each packed tensor's address and size, and the
-        bias's address and version. Any replaced buffer (assignment, load_state_dict,
+        """What the cached kernel depends on: each packed tensor's address, size and version,
+        and the bias's address and version. Any replaced buffer (assignment, load_state_dict,
         .to(), _apply) changes an address; the size check stops a new tensor at a recycled
-        address from passing for the old one; the version catches in-place bias updates (the
-        kernel reads a float32 copy of a bf16 bias)."""
+        address from passing for the old one; the versions catch in-place updates (an
+        optimizer step on the values: the kernel may keep a copy in another layout, and reads
+        a float32 copy of a bf16 bias)."""
         values, bias, buffers = self._parameters["values"], self._parameters["bias"], self._buffers
-        key = [values.data_ptr(), values.numel()]
+        key = [values.data_ptr(), values.numel(), ops.version_of(values)]
         for name in self._buffer_fields:
             t = buffers[name]
             key.append(t.data_ptr())
             key.append(t.numel())
+            key.append(ops.version_of(t))
         if bias is not None:
             key.append(bias.data_ptr())
-            key.append(bias._version)
+            key.append(ops.version_of(bias))
         return tuple(key)
 
     def _kernel_handle(self) -> Optional[_KernelHandle]:
@@ -227,6 +229,7 @@ class SparseLinear(nn.Module):
             return None
         fmt.check_tensors(packed, self.in_features, self.out_features)
         kernel = fmt.kernel(packed, self.in_features, self.out_features)
+        kernel.keep_layouts()  # lives until the key changes, so it may keep derived layouts
         planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
         self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]))
         return self._handle

@@ -36,8 +36,8 @@ def test_every_isa_matches_reference(isa, out_features, in_features, batch, valu
 
 # bf16 values and activations, which avx512bf16 reads natively (vdpbf16ps): out_features not a
 # multiple of 16, in_features a multiple of 4 but not of its 64-column chunk, batch 1, around
-# its batch tile (8) and around 32, where its batched kernel takes over (kBatchedFrom in
-# nm24_linear_bf16_batched.h), and two tiles of 32 with a remainder. Other ISAs widen.
+# its batch tile (8), 32 and 70. Other ISAs widen. A kernel made for one call has no
+# rows-in-lanes copy, so every batch here runs the small-batch path; the next test keeps one.
 @pytest.mark.parametrize("out_features, in_features", [(15, 68), (33, 132), (8, 4100)])
 @pytest.mark.parametrize("batch", [1, 3, 9, 31, 32, 33, 70])
 def test_bf16_activations_every_isa(isa, out_features, in_features, batch):
@@ -48,6 +48,39 @@ def test_bf16_activations_every_isa(isa, out_features, in_features, batch):
     y = ops.linear_eager("2:4", x, packed, bias, in_features, out_features, isa=isa)
     assert y.dtype == torch.bfloat16
     assert_matches_reference(y, x, weight, bias)
+
+
+# A kernel that lives across calls (a layer's, or the op path's cached one) builds the
+# rows-in-lanes copy for bf16 batches from 5 (nm24_linear_bf16_lanes.h): batches around that
+# threshold and its 8-row tile, rows around its 16-row blocks and 48-row panels, columns around
+# its blocks of 128 groups (512 columns), strided x.
+@pytest.mark.parametrize("out_features, in_features", [(15, 68), (49, 516), (97, 1040), (48, 4)])
+@pytest.mark.parametrize("batch", [4, 5, 8, 9, 17, 64])
+def test_bf16_kept_kernel_every_isa(isa, out_features, in_features, batch):
+    packed, weight = case_24(out_features, in_features, seed=batch + 1, value_dtype=torch.bfloat16)
+    x = torch.randn(batch, 2 * in_features, dtype=torch.bfloat16)[:, ::2] if batch % 2 else \
+        torch.randn(batch, in_features, dtype=torch.bfloat16)
+    bias = torch.randn(out_features) if batch != 8 else None
+    kernel = nm.kernel(packed, in_features, out_features)
+    kernel.keep_layouts()
+    for _ in range(2):  # the first call builds the copy, the second reuses it
+        y = ops.run_kernel("2:4", kernel, x, bias, in_features, out_features, isa=isa)
+        assert y.dtype == torch.bfloat16
+        assert_matches_reference(y, x, weight, bias)
+
+
+def test_op_path_kernel_follows_in_place_updates():
+    """The op path keeps a kernel per values tensor (with its rows-in-lanes copy for bf16);
+    an in-place update of the values or the positions must reach the next call."""
+    packed, weight = case_24(32, 64, seed=3, value_dtype=torch.bfloat16)
+    x = torch.randn(16, 64, dtype=torch.bfloat16)
+    assert_matches_reference(ops.linear_eager("2:4", x, packed, None, 64, 32), x, weight)
+    packed.values.mul_(2)
+    assert_matches_reference(ops.linear_eager("2:4", x, packed, None, 64, 32), x, 2 * weight)
+    other, other_weight = case_24(32, 64, seed=4, value_dtype=torch.bfloat16)
+    packed.values.copy_(other.values)
+    packed.meta.copy_(other.meta)
+    assert_matches_reference(ops.linear_eager("2:4", x, packed, None, 64, 32), x, other_weight)
 
 
 @pytest.mark.parametrize("batch", [1, 9])

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "../kernels/cpu/bitmap_linear.h"
 #include "../kernels/cpu/cpu_features.h"
 #include "../kernels/cpu/csr_spmm.h"
+#include "../kernels/cpu/nm24_lanes.h"
 #include "../kernels/cpu/nm24_linear.h"
 #include "../kernels/cpu/tile_params.h"
 #include "checks.h"
@@ -113,12 +115,41 @@ void check_shape(int64_t rows, int64_t cols) {
 // Output elements from which run() releases the GIL.
 constexpr int64_t kReleaseGilFrom = 4096;
 
+// Layouts a kernel object derives from its buffers for some calls (2:4's rows-in-lanes copy,
+// nm24_lanes.h), built on the first call that wants them and shared by the object's copies.
+// Only objects that live across calls build them (keep_layouts(): a layer's cached kernel,
+// whose buffers the layer replaces rather than edits in place, see SparseLinear._handle_key);
+// an object made for one call would pay the copy on every call.
+template <typename Family>
+struct DerivedLayouts {
+  void keep() {}
+  void attach(cpu::Isa, typename Family::Matrix&, cpu::ActType, int64_t) const {}
+};
+
+template <>
+struct DerivedLayouts<cpu::Nm24Family> {
+  struct Lazy {
+    std::once_flag once;
+    cpu::Nm24Lanes lanes;
+  };
+  std::shared_ptr<Lazy> lazy;
+  void keep() {
+    if (!lazy) lazy = std::make_shared<Lazy>();
+  }
+  void attach(cpu::Isa isa, cpu::Nm24Matrix& w, cpu::ActType act, int64_t batch) const {
+    if (!lazy || !cpu::Nm24Family::wants_lanes(isa, w, act, batch)) return;
+    std::call_once(lazy->once, [&] { lazy->lanes = cpu::build_nm24_lanes(w); });
+    w.lanes = &lazy->lanes;
+  }
+};
+
 // One packed weight and its family's kernels.
 template <typename Family>
 struct LinearKernel {
   typename Family::Matrix w;
   // This CPU's tiles unless the planner's tuner picked others for this layer (planner.py).
   cpu::TileParams tiles = cpu::tile_params();
+  DerivedLayouts<Family> derived;
 
   // y[batch, rows] = x[batch, cols] @ W.T + bias with the ISA of index `isa`.
   void run(int isa_index, uintptr_t x, int act_type, int64_t batch, int64_t x_row_stride, uintptr_t bias,
@@ -127,12 +158,14 @@ struct LinearKernel {
     cpu::DenseArgs a = dense_args(w.rows, w.cols, x, act_type, batch, x_row_stride, bias, y, num_threads);
     if (batch == 0 || w.rows == 0) return;
     a.tiles = tiles;
-    a.workspace = thread_workspace(cpu::workspace_floats(isa, w, batch, a.act_type, num_threads));
+    typename Family::Matrix m = w;
+    derived.attach(isa, m, a.act_type, batch);
+    a.workspace = thread_workspace(cpu::workspace_floats(isa, m, batch, a.act_type, num_threads));
     // Other Python threads may run meanwhile, unless the product is too small to repay
     // giving up and taking back the GIL.
     std::optional<py::gil_scoped_release> no_gil;
     if (w.rows * batch >= kReleaseGilFrom) no_gil.emplace();
-    cpu::linear(isa, w, a);
+    cpu::linear(isa, m, a);
   }
 };
 
@@ -202,7 +235,10 @@ void bind_kernel(py::module_& m, const char* name, const char* doc) {
       .def("run", &Kernel::run, "y = x @ W.T + bias, by raw addresses (x and y of the activation type).",
            py::arg("isa"), py::arg("x"), py::arg("act_type"), py::arg("batch"), py::arg("x_row_stride"),
            py::arg("bias"), py::arg("y"), py::arg("num_threads"))
-      .def_readwrite("tiles", &Kernel::tiles, "The cache tiles this weight's calls use (TileParams).");
+      .def_readwrite("tiles", &Kernel::tiles, "The cache tiles this weight's calls use (TileParams).")
+      .def("keep_layouts", [](Kernel& k) { k.derived.keep(); },
+           "Let this object build and keep layouts derived from its buffers for the calls that gain from them "
+           "(for objects that live across calls; the buffers must not change in place meanwhile).");
 }
 
 py::dict cache_dict(const cpu::CacheSizes& c) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "dense_harness.h"
+#include "nm24_lanes.h"
 #include "nm24_linear.h"
 
 using namespace sparsekern::cpu;
@@ -24,6 +25,9 @@ struct Case {
   bool bias;
   int64_t x_pad;
   ActType act;
+  // bf16 values: give the matrix its rows-in-lanes copy (nm24_lanes.h), as the Python module
+  // does for a layer's kernel; without it the avx512bf16 variant runs its small-batch path.
+  bool lanes = true;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -54,6 +58,11 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
   w.meta = meta.data();
+  Nm24Lanes lanes;
+  if (bf16 && c.lanes) {
+    lanes = build_nm24_lanes(w);
+    w.lanes = &lanes;
+  }
   const std::string label = std::string("2:4 isa=") + isa_name(isa) + " val=" + std::to_string(int(c.value_type));
   run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
                 workspace_floats(isa, w, c.batch, c.act, 2), rng,
@@ -93,15 +102,21 @@ int main() {
   tiles_under_test = TileParams{};
   // bf16 values with bf16 activations, which avx512bf16 reads natively (nm24_linear_bf16.h):
   // rows not a multiple of its row tile or 16, cols a multiple of 4 but not of its 64-column
-  // chunk, batches around its batch tile (8) and its batched path's threshold and lane tile (32).
-  const int64_t bf16_batches[] = {1, 2, 3, 7, 8, 9, 13, 31, 32, 33, 64, 65};
-  const int64_t bf16_shapes[][2] = {{1, 4}, {3, 60}, {15, 68}, {16, 64}, {17, 132}, {31, 1028}, {33, 2052}};
+  // chunk, batches around its batch tile (8); for the rows-in-lanes path
+  // (nm24_linear_bf16_lanes.h), batches around its threshold (4) and its tile (8), rows around
+  // its 16-row blocks and 48-row panels, cols around its block of 64 groups (256 columns);
+  // and every batch once more without the copy.
+  const int64_t bf16_batches[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 32, 33, 64, 65};
+  const int64_t bf16_shapes[][2] = {{1, 4},     {3, 60},    {15, 68},   {16, 64},  {17, 132}, {31, 1028},
+                                    {33, 2052}, {48, 256},  {49, 260},  {50, 512}, {97, 516}, {20, 0}};
   for (Isa isa : runnable_isas())
     for (const auto& s : bf16_shapes)
-      for (int64_t batch : bf16_batches) {
-        run_case({s[0], s[1], batch, ValueType::bf16, batch % 2 == 1, batch % 3 ? 0 : 7, ActType::bf16}, isa, rng);
-        ++cases;
-      }
+      for (int64_t batch : bf16_batches)
+        for (bool lanes : {true, false}) {
+          run_case({s[0], s[1], batch, ValueType::bf16, batch % 2 == 1, batch % 3 ? 0 : 7, ActType::bf16, lanes},
+                   isa, rng);
+          ++cases;
+        }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -10,6 +10,8 @@
 
 namespace sparsekern::cpu {
 
+struct Nm24Lanes;  // nm24_lanes.h
+
 // W [rows x cols], cols % 4 == 0: in every group of 4 consecutive columns of a row at most
 // two weights are kept, stored as exactly two values (a missing one is an explicit zero).
 struct Nm24Matrix {
@@ -23,6 +25,10 @@ struct Nm24Matrix {
   // (meta[g / 2] >> 4 * (g % 2)) & 15 = p0 | p1 << 2, the columns 4g + p0 and 4g + p1
   // (p0 < p1) of its two values. A row with an odd number of groups ends in a zero nibble.
   const uint8_t* meta = nullptr;
+  // Optional: the same bf16 matrix laid out 16 rows per zmm (nm24_lanes.h), which the
+  // avx512bf16 variant needs for batches from nm24bf16::kLanesFrom; without it they take the
+  // small-batch path.
+  const Nm24Lanes* lanes = nullptr;
 };
 
 inline int64_t nm24_meta_bytes(int64_t cols) { return (cols / 4 + 1) / 2; }
@@ -40,6 +46,14 @@ struct Nm24Family {
   static bool reads_bf16(Isa isa, const Nm24Matrix& w) {
     return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16;
   }
+  // Whether a call would run the rows-in-lanes kernel (nm24_linear_bf16_lanes.h), given
+  // Nm24Matrix::lanes: the owner of the matrix builds that copy when this first says so.
+  static bool wants_lanes(Isa isa, const Nm24Matrix& w, ActType act, int64_t batch) {
+    return reads_bf16(isa, w) && act == ActType::bf16 && batch >= kNm24LanesFrom;
+  }
+  // Batch from which the rows-in-lanes kernel beats the small-batch one (measured: see
+  // nm24_linear_bf16_lanes.h).
+  static constexpr int64_t kNm24LanesFrom = 5;
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.

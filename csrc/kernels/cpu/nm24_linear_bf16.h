@@ -14,7 +14,7 @@
 // Small batches are bound by the bytes of W: 1.125 B per weight (2 of value, 0.25 of
 // position, per kept half) against 2 for dense bf16, so at most ~1.78x from DRAM. The index
 // decode is paid once per row and chunk and shared by up to kBatchTile activation rows; the
-// two loads of x by kRowTile rows. Larger batches go to nm24_linear_bf16_batched.h.
+// two loads of x by kRowTile rows. Larger batches go to nm24_linear_bf16_lanes.h.
 #pragma once
 
 #include <immintrin.h>
