@@ -1,6 +1,6 @@
-// 2:4 with bf16 values and activations for batches from kNm24LanesFrom: 16 output rows in the
-// lanes of a zmm, read from the rows-in-lanes copy of W (nm24_lanes.h). Included only by
-// nm24_linear_avx512bf16.cpp (flags: isa_table.h).
+// 2:4 with bf16 values and activations for batches from Nm24Family::kNm24LanesFrom: 16 output
+// rows in the lanes of a zmm, read from the rows-in-lanes copy of W (nm24_lanes.h). Included
+// only by nm24_linear_avx512bf16.cpp (flags: isa_table.h).
 //
 // Lane i of an accumulator is row i of a block of 16 rows. In group g a row's two kept values
 // (one 32-bit word of the copy) multiply x[b][4g + p0] and x[b][4g + p1]. So the four
@@ -9,16 +9,17 @@
 // from the 16 rows' nibbles; one vdpbf16ps then does 32 useful products. Per group and row:
 // one shuffle and one vdpbf16ps, where dense bf16 spends two vdpbf16ps (half the products on
 // zeros). The shuffles compete with vdpbf16ps for the vector pipes, which is why this reaches
-// about 1.3-1.6x of dense bf16 rather than 2x (Zen 5).
+// about 1.3-1.5x of dense bf16 from batch 64 rather than 2x (Zen 5; the same loop without
+// the shuffles, a wrong product, ran 2.2-2.5x).
 //
 // The controls are made once per (16 rows, block of groups) into a per-thread buffer and
 // serve every tile of kTileBatch activation rows: remaking them per tile (one vpmovzxbd and
 // one vpermd per 16 rows and group) measured 1.3x / 1.1x against 1.5x / 1.4x of dense at
 // batch 64 / 256 (4096 x 4096, 2 threads). A register tile is kPanelVecs blocks of 16 rows x
 // kTileBatch activation rows (24 accumulators). A panel of rows goes through the groups
-// kKBlock at a time, so that its values and controls and the tile's x stay in L1 across the
-// batch tiles; partial sums wait in a per-thread [batch x panel rows] fp32 buffer between
-// the blocks.
+// kKBlock at a time, and each block through every tile of x; partial sums wait in a
+// per-thread [batch x panel rows] fp32 buffer between the blocks. x is packed once per call,
+// so that a tile's activations of one group share a cache line.
 #pragma once
 
 #include <immintrin.h>
@@ -40,8 +41,9 @@ namespace {
 constexpr int kPanelVecs = 3;                          // blocks of 16 rows per register tile
 constexpr int64_t kPanelRows = kPanelVecs * kLaneRows;
 constexpr int kTileBatch = 8;                          // activation rows per register tile
-// Groups per block: the panel's values and controls (48 rows x 8 bytes a group) and a tile's
-// x (8 rows x 8 bytes) take 28 KiB of a 48 KiB L1d.
+// Groups per block. 64, 128 and 256 measured the same within noise (1.3-1.55x of dense bf16
+// at batch 64, 4096 x 4096, Zen 5): the loop is bound by the vector pipes, not by the cache
+// level the panel's values and controls (48 rows x 8 bytes a group) come from.
 constexpr int64_t kKBlock = 128;
 // Words between one 16-row block's controls and the next: a block and a cache line, so that
 // the three blocks' controls do not share L1 sets (4 KiB apart, they would with W's and x's).
