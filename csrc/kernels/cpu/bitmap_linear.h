@@ -42,7 +42,7 @@ struct BitmapFamily {
   template <Isa isa>
   static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
   // Every variant reads float32 activations: bf16 ones are widened by the dispatch.
-  static bool reads_bf16(Isa, const BitmapMatrix&) { return false; }
+  static bool reads_bf16(Isa, const BitmapMatrix&, int64_t) { return false; }
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.

@@ -33,8 +33,12 @@ struct CsrFamily {
   static void run(const CsrMatrix& w, const DenseArgs& a);
   template <Isa isa>
   static int64_t workspace_floats(const CsrMatrix& w, int64_t batch, int num_threads);
-  // Every variant reads float32 activations: bf16 ones are widened by the dispatch.
-  static bool reads_bf16(Isa, const CsrMatrix&) { return false; }
+  // avx512bf16 reads bf16 activations itself (vdpbf16ps, csr_spmm_bf16.h) when the values are
+  // bf16 too and the batch is kBf16From or more; every other case is widened by the dispatch.
+  static bool reads_bf16(Isa isa, const CsrMatrix& w, int64_t batch) {
+    return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16 && batch >= kBf16From;
+  }
+  static constexpr int64_t kBf16From = 2;
 };
 
 // Floats of 64-byte-aligned workspace `linear` needs for this ISA, batch and activation type.

@@ -6,7 +6,7 @@
 //     using Matrix = CsrMatrix;
 //     template <Isa> static void run(const Matrix&, const DenseArgs&);          // f32 activations
 //     template <Isa> static int64_t workspace_floats(const Matrix&, int64_t batch, int threads);
-//     static bool reads_bf16(Isa, const Matrix&);  // the variant takes bf16 x and y itself
+//     static bool reads_bf16(Isa, const Matrix&, int64_t batch);  // the variant takes bf16 x, y itself
 //   };
 //
 // and each <family>_<isa>.cpp defines that ISA's two specializations (a missing one is a link
@@ -53,7 +53,7 @@ template <typename Family>
 int64_t dispatch_workspace_floats(Isa isa, const typename Family::Matrix& w, int64_t batch, ActType act,
                                 int num_threads) {
   const int64_t own = own_workspace_floats<Family>(isa, w, batch, num_threads);
-  const bool native = act == ActType::f32 || Family::reads_bf16(isa, w);
+  const bool native = act == ActType::f32 || Family::reads_bf16(isa, w, batch);
   return native ? own : own + widening_floats(w.rows, w.cols, batch);
 }
 
@@ -63,7 +63,7 @@ void dispatch_run(Isa isa, const typename Family::Matrix& w, const DenseArgs& ar
   DenseArgs a = args;
   a.tiles = sanitized(args.tiles);  // the kernels trust the tiles' ranges
   static constexpr auto table = run_table<Family>(std::make_index_sequence<kIsaCount>{});
-  if (a.act_type == ActType::f32 || Family::reads_bf16(isa, w)) return table[int(isa)](w, a);
+  if (a.act_type == ActType::f32 || Family::reads_bf16(isa, w, a.batch)) return table[int(isa)](w, a);
   // bfloat16 activations: widen x (exact) behind the kernel's own workspace, run in float32,
   // round y to nearest even.
   float* x32 = a.workspace + own_workspace_floats<Family>(isa, w, a.batch, a.num_threads);
