@@ -4,7 +4,7 @@
   batch bucket and activation dtype, so a variant that pays only for batched inputs (AMX) can
   be chosen for those alone. Every case takes the most capable ISA this CPU runs (capped by
   SPARSEKERN_CPU_ISA), except that avx512bf16 is named only where it has native bf16 code
-  (NATIVE_BF16_BUCKETS); elsewhere the call is avx512's.
+  (NATIVE_BF16_FROM); elsewhere the call is avx512's.
 - Which format a layer is stored in, for sparsify(format="auto"): `choose_format` times
   every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
   at the batch sizes asked for, each candidate paired with dense alone.
@@ -47,18 +47,18 @@ def batch_bucket(batch: int) -> int:
     return bucket
 
 
-# Where avx512bf16's native bf16 kernels run: formats with bf16 activations, by batch bucket.
-# 2:4 reads bf16 x with vdpbf16ps at every batch (its own small-batch and batched paths, both
-# measured above avx512's widened fp32 path, README "bf16"); CSR and bitmap have no native
-# bf16 kernel yet, so avx512bf16 would only run their avx512 code.
-NATIVE_BF16_BUCKETS = {"2:4": None}  # None: every bucket
+# Where avx512bf16's native bf16 kernels run: formats with bf16 activations (and bf16
+# values), from this batch size on. 2:4 reads bf16 x with vdpbf16ps at every batch (its
+# small-batch and rows-in-lanes paths); CSR from batch 2 (its batched path, measured above
+# avx512's widened one at every batch from 2, README "bf16"); bitmap has no native bf16
+# kernel yet, so avx512bf16 would only run its avx512 code.
+NATIVE_BF16_FROM = {"2:4": 1, "csr": 2}
 
 
 def _native_bf16(format: str, bucket: int, act_dtype: torch.dtype) -> bool:
-    if act_dtype != torch.bfloat16 or format not in NATIVE_BF16_BUCKETS:
-        return False
-    buckets = NATIVE_BF16_BUCKETS[format]
-    return buckets is None or bucket in buckets
+    # A bucket is the largest batch it holds (batch_bucket), so bucket >= from means some
+    # batch of it, and every larger bucket, reaches the native code.
+    return act_dtype == torch.bfloat16 and format in NATIVE_BF16_FROM and bucket >= NATIVE_BF16_FROM[format]
 
 
 @lru_cache(maxsize=None)

@@ -81,14 +81,16 @@ def test_isa_table_reaches_python():
     assert set(sparsekern._backend.cpu_features()) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
 
 def test_planner_names_avx512bf16_only_where_it_reads_bf16():
-    """Per call, by format and activation dtype: 2:4 with bf16 activations runs the native
-    bf16 kernels; every other call names avx512, whose code it runs."""
+    """Per call, by format, batch and activation dtype: 2:4 with bf16 activations runs the
+    native bf16 kernels at every batch, CSR from batch 2; every other call names avx512,
+    whose code it runs."""
     from sparsekern import planner
     if sparsekern.cpu_isa() != "avx512bf16":
         pytest.skip(f"the kernels in use are {sparsekern.cpu_isa()}, not avx512bf16")
     names = sparsekern._backend.CPU_ISAS
-    for batch in (1, 16, 31, 32, 256, 1000):
+    for batch in (1, 2, 16, 31, 32, 256, 1000):
         assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == "avx512bf16"
-        assert names[planner.kernel_isa("2:4", batch, torch.float32)] == "avx512"
-        for fmt in ("csr", "bitmap"):
-            assert names[planner.kernel_isa(fmt, batch, torch.bfloat16)] == "avx512"
+        assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
+        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == "avx512"
+        for fmt in ("2:4", "csr", "bitmap"):
+            assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"
