@@ -166,13 +166,17 @@ static_assert(kPanelVecs == 3, "kTiles lists one row per panel width");
 inline void panel(const Nm24Lanes& l, const DenseArgs& a, int64_t rows, int64_t block0, int nv,
                   const uint64_t* packed_x, uint32_t* controls, float* sums, __m512i table) {
   const int64_t groups = l.groups;
+  const __m128i nibble_mask = _mm_set1_epi8(0x0f);
   int64_t g0 = 0;
   do {  // at least once: cols == 0 still writes y = bias
     const int64_t block = std::min<int64_t>(kKBlock, groups - g0);
     for (int v = 0; v < nv; ++v)
       for (int64_t g = 0; g < block; ++g) {
-        const auto* nibbles = reinterpret_cast<const __m128i*>(l.nibbles.data() + ((block0 + v) * groups + g0 + g) * kLaneRows);
-        const __m512i control = _mm512_permutexvar_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(nibbles)), table);
+        // 16 nibbles, two per byte, to 16 bytes in row order, then to 16 dword controls.
+        const __m128i packed = _mm_loadl_epi64(
+            reinterpret_cast<const __m128i*>(l.nibbles.data() + ((block0 + v) * groups + g0 + g) * kLaneNibbleBytes));
+        const __m128i low = _mm_and_si128(packed, nibble_mask), high = _mm_and_si128(_mm_srli_epi16(packed, 4), nibble_mask);
+        const __m512i control = _mm512_permutexvar_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(low, high)), table);
         _mm512_store_si512(controls + v * kControlStride + g * kLaneRows, control);
       }
     TileAt at{0, block0, g0, block, g0 == 0, g0 + block >= groups};
