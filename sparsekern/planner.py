@@ -48,11 +48,10 @@ def batch_bucket(batch: int) -> int:
 
 
 # Where avx512bf16's native bf16 kernels run: formats with bf16 activations (and bf16
-# values), from this batch size on. 2:4 reads bf16 x with vdpbf16ps at every batch (its
-# small-batch and rows-in-lanes paths); CSR from batch 2 (its batched path, measured above
-# avx512's widened one at every batch from 2, README "bf16"); bitmap has no native bf16
-# kernel yet, so avx512bf16 would only run its avx512 code.
-NATIVE_BF16_FROM = {"2:4": 1, "csr": 2}
+# values), from this batch size on (the C++ families' kBf16From). 2:4 reads bf16 x with
+# vdpbf16ps at every batch (its small-batch and rows-in-lanes paths); CSR from batch 2 and
+# bitmap from 8 (their batched paths, measured above avx512's widened ones from there).
+NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 8}
 
 
 def _native_bf16(format: str, bucket: int, act_dtype: torch.dtype) -> bool:

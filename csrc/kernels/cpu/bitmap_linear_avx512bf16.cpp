@@ -1,16 +1,23 @@
-// The Bitmap family's avx512bf16 variant: the avx512 code as it is (bf16 activations are
-// widened by the dispatch, see BitmapFamily::reads_bf16). A CPU with AVX512-BF16 has every feature
-// of avx512, so calling that variant is safe wherever this one is chosen.
+// The Bitmap family's avx512bf16 variant (flags: isa_table.h). bf16 values with bf16
+// activations from BitmapFamily::kBf16From rows run natively (bitmap_linear_bf16.h;
+// BitmapFamily::reads_bf16 lets them through the dispatch unwidened); everything else is the
+// avx512 code as it is, which a CPU with AVX512-BF16 can always run.
 #include "bitmap_linear.h"
+#include "bitmap_linear_bf16.h"
 
 namespace sparsekern::cpu {
 
 template <>
-void BitmapFamily::run<Isa::avx512bf16>(const BitmapMatrix& w, const DenseArgs& a) { run<Isa::avx512>(w, a); }
+void BitmapFamily::run<Isa::avx512bf16>(const BitmapMatrix& w, const DenseArgs& a) {
+  if (a.act_type == ActType::bf16 && reads_bf16(Isa::avx512bf16, w, a.batch)) return bitmapbf16::batched(w, a);
+  run<Isa::avx512>(w, a);
+}
 
 template <>
 int64_t BitmapFamily::workspace_floats<Isa::avx512bf16>(const BitmapMatrix& w, int64_t batch, int num_threads) {
-  return workspace_floats<Isa::avx512>(w, batch, num_threads);
+  // Without the activation type here, enough for either path.
+  const int64_t native = reads_bf16(Isa::avx512bf16, w, batch) ? bitmapbf16::workspace_floats(w, batch) : 0;
+  return std::max(native, workspace_floats<Isa::avx512>(w, batch, num_threads));
 }
 
 }  // namespace sparsekern::cpu

@@ -1,140 +1,36 @@
 // CSR with bf16 values and bf16 activations for batches from CsrFamily::kBf16From, read
-// natively with vdpbf16ps: no widening copy of x, fp32 accumulation, y rounded to bf16.
-// Included only by csr_spmm_avx512bf16.cpp (flags: isa_table.h).
-//
-// As in the fp32 batched path (csr_spmm_simd.h), x is copied once per call into tiles of
-// kLanes batch rows, transposed ([cols][32] bf16: one zmm per column), and each row's
-// nonzeros walk the tile. Here two nonzeros (c0, w0), (c1, w1) go together: vpunpcklwd /
-// vpunpckhwd of tile rows c0 and c1 make two zmm of pairs (x[b][c0], x[b][c1]), and one
-// vdpbf16ps per zmm multiplies them by the pair (w0, w1), which CSR stores side by side. Per
-// two nonzeros and 32 batch rows: two loads (128 bytes, where fp32 tiles take 256), two
-// shuffles and two vdpbf16ps, against four loads and four FMAs in fp32. The unpacks work
-// within 128-bit lanes, so the accumulators hold the batch rows in a fixed shuffled order,
-// undone once per row and tile (kUnshuffle).
+// natively with vdpbf16ps (bf16_pair_tiles.h): each row's nonzeros, two at a time, against
+// the transposed bf16 tiles of x. Included only by csr_spmm_avx512bf16.cpp.
 #pragma once
 
-#include <immintrin.h>
-#include <omp.h>
-
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 
-#include "bf16.h"
+#include "bf16_pair_tiles.h"
 #include "csr_spmm.h"
-#include "work_split.h"
 
 namespace sparsekern::cpu::csrbf16 {
 namespace {
 
-constexpr int64_t kLanes = 32;    // batch rows per tile: one zmm of bf16 per column
-constexpr int64_t kRowBlock = 32; // output rows gathered in L1 before they go to y
-
-inline int64_t tiles_of(int64_t batch) { return (batch + kLanes - 1) / kLanes; }
-
-// Workspace: the transposed tiles, 32 bf16 (16 floats) per column and tile.
-inline int64_t workspace_floats(const CsrMatrix& w, int64_t batch) { return tiles_of(batch) * w.cols * (kLanes / 2); }
-
-// Copies columns [c0, c1) of every tile: tile t, column c holds x[32t .. 32t + 31][c] (zero
-// past the batch).
-inline void pack(const DenseArgs& a, int64_t cols, int64_t c0, int64_t c1, uint16_t* tiles) {
-  const auto* x = static_cast<const uint16_t*>(a.x);
-  for (int64_t t = 0; t < tiles_of(a.batch); ++t) {
-    uint16_t* tile = tiles + t * cols * kLanes;
-    const int64_t valid = std::min<int64_t>(kLanes, a.batch - t * kLanes);
-    for (int64_t b = 0; b < kLanes; ++b) {
-      if (b >= valid) {
-        for (int64_t c = c0; c < c1; ++c) tile[c * kLanes + b] = 0;
-        continue;
-      }
-      const uint16_t* row = x + (t * kLanes + b) * a.x_row_stride;
-      for (int64_t c = c0; c < c1; ++c) tile[c * kLanes + b] = row[c];
-    }
-  }
-}
-
-// Where batch row b of a tile sits in the accumulators lo (0-15) and hi (16-31): unpacking
-// within 128-bit lane k puts rows 8k .. 8k + 3 in lo's dwords 4k .. 4k + 3 and rows
-// 8k + 4 .. 8k + 7 in hi's. kUnshuffle[h][i] is the source of batch row 16h + i.
-struct Unshuffle {
-  alignas(64) int32_t index[2][16] = {};
-  constexpr Unshuffle() {
-    for (int b = 0; b < 32; ++b) {
-      const int k = b / 8, j = b % 8;
-      index[b / 16][b % 16] = j < 4 ? 4 * k + j : 16 + 4 * k + (j - 4);
-    }
-  }
-};
-constexpr Unshuffle kUnshuffle{};
-
 template <typename IndexT>
-inline void row_sums(const CsrMatrix& w, int64_t r, const uint16_t* tile, float* out) {
+void product(const CsrMatrix& w, const DenseArgs& a) {
   const auto* cols = static_cast<const IndexT*>(w.col_idx);
   const auto* values = static_cast<const uint16_t*>(w.values);
-  // Two pairs per step into separate accumulators: one chain alone would wait on
-  // vdpbf16ps's latency.
-  __m512 lo0 = _mm512_setzero_ps(), hi0 = _mm512_setzero_ps(), lo1 = _mm512_setzero_ps(), hi1 = _mm512_setzero_ps();
-  const int64_t j1 = w.row_ptr[r + 1];
-  int64_t j = w.row_ptr[r];
-  auto step = [&](int64_t c0, int64_t c1, uint32_t pair, __m512& lo, __m512& hi) {
-    const __m512i xa = _mm512_load_si512(tile + c0 * kLanes), xb = _mm512_load_si512(tile + c1 * kLanes);
-    const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(int(pair)));
-    lo = _mm512_dpbf16_ps(lo, wv, reinterpret_cast<__m512bh>(_mm512_unpacklo_epi16(xa, xb)));
-    hi = _mm512_dpbf16_ps(hi, wv, reinterpret_cast<__m512bh>(_mm512_unpackhi_epi16(xa, xb)));
-  };
-  for (; j + 4 <= j1; j += 4) {
-    uint32_t p0, p1;
-    std::memcpy(&p0, values + j, 4);
-    std::memcpy(&p1, values + j + 2, 4);
-    step(cols[j], cols[j + 1], p0, lo0, hi0);
-    step(cols[j + 2], cols[j + 3], p1, lo1, hi1);
-  }
-  for (; j + 2 <= j1; j += 2) {
-    uint32_t p0;
-    std::memcpy(&p0, values + j, 4);
-    step(cols[j], cols[j + 1], p0, lo0, hi0);
-  }
-  if (j < j1) step(cols[j], cols[j], values[j], lo1, hi1);  // the odd one, paired with a zero weight
-  const __m512 lo = _mm512_add_ps(lo0, lo1), hi = _mm512_add_ps(hi0, hi1);
-  _mm512_store_ps(out, _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[0]), hi));
-  _mm512_store_ps(out + 16, _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[1]), hi));
-}
-
-// Output rows [r0, r1) for every tile.
-template <typename IndexT>
-void rows(const CsrMatrix& w, const DenseArgs& a, const uint16_t* tiles, int64_t r0, int64_t r1) {
-  alignas(64) float out[kRowBlock][kLanes];
-  auto* y = static_cast<uint16_t*>(a.y);
-  for (int64_t t = 0; t < tiles_of(a.batch); ++t) {
-    const uint16_t* tile = tiles + t * w.cols * kLanes;
-    const int64_t valid = std::min<int64_t>(kLanes, a.batch - t * kLanes);
-    for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-      const int64_t block = std::min<int64_t>(kRowBlock, r1 - rb);
-      for (int64_t i = 0; i < block; ++i) row_sums<IndexT>(w, rb + i, tile, out[i]);
-      // Row by row of y: `block` consecutive outputs of one batch row at a time.
-      for (int64_t b = 0; b < valid; ++b) {
-        uint16_t* dst = y + (t * kLanes + b) * w.rows + rb;
-        for (int64_t i = 0; i < block; ++i) dst[i] = f32_to_bf16(out[i][b] + (a.bias ? a.bias[rb + i] : 0.f));
-      }
-    }
-  }
+  bf16tiles::batched(a, w.rows, w.cols, w.row_ptr, [&](int64_t r, const uint16_t* tile, float* out) {
+    const int64_t j0 = w.row_ptr[r];
+    const IndexT* row_cols = cols + j0;
+    bf16tiles::RowSums sums;
+    sums.add(tile, values + j0, w.row_ptr[r + 1] - j0,
+             [&](int64_t j) { return int64_t(row_cols[j]) << bf16tiles::kLaneShift; });
+    sums.store(out);
+  });
 }
 
 inline void batched(const CsrMatrix& w, const DenseArgs& a) {
-  const int parts = useful_threads(w.row_ptr[w.rows], a.batch, a.num_threads);
-  auto* tiles = reinterpret_cast<uint16_t*>(a.workspace);
-#pragma omp parallel num_threads(parts) if (parts > 1)
-  {
-    // The team OpenMP gave (it may give fewer threads than asked: nested, or a thread limit).
-    const int team = omp_get_num_threads(), part = omp_get_thread_num();
-    pack(a, w.cols, w.cols * part / team, w.cols * (part + 1) / team, tiles);
-#pragma omp barrier
-    const int64_t r0 = nnz_balanced_row(w.row_ptr, w.rows, part, team);
-    const int64_t r1 = nnz_balanced_row(w.row_ptr, w.rows, part + 1, team);
-    if (w.index_type == IndexType::u16) rows<uint16_t>(w, a, tiles, r0, r1);
-    else rows<int32_t>(w, a, tiles, r0, r1);
-  }
+  if (w.index_type == IndexType::u16) product<uint16_t>(w, a);
+  else product<int32_t>(w, a);
 }
+
+inline int64_t workspace_floats(const CsrMatrix& w, int64_t batch) { return bf16tiles::workspace_floats(w.cols, batch); }
 
 }  // namespace
 }  // namespace sparsekern::cpu::csrbf16
