@@ -23,6 +23,7 @@
 
 #include "bf16.h"
 #include "linear_args.h"
+#include "simd_avx512.h"
 #include "work_split.h"
 
 namespace sparsekern::cpu::bf16tiles {
@@ -38,20 +39,37 @@ inline int64_t tiles_of(int64_t batch) { return (batch + kLanes - 1) / kLanes; }
 inline int64_t workspace_floats(int64_t cols, int64_t batch) { return tiles_of(batch) * cols * (kLanes / 2); }
 
 // Copies columns [c0, c1) of every tile: tile t, column c holds x[32t .. 32t + 31][c] (zero
-// past the batch).
+// past the batch). 16 columns at a time: each pair of batch rows' 16 activations interleaved
+// into 16 dwords (one vpermw), then a 16 x 16 dword transpose makes 16 tile rows; a scalar
+// copy took ~10% of a 90%-sparse product at batch 256.
 inline void pack(const DenseArgs& a, int64_t cols, int64_t c0, int64_t c1, uint16_t* tiles) {
   const auto* x = static_cast<const uint16_t*>(a.x);
+  alignas(64) uint16_t interleave[32];
+  for (int i = 0; i < 16; ++i) {
+    interleave[2 * i] = uint16_t(i);
+    interleave[2 * i + 1] = uint16_t(16 + i);
+  }
+  const __m512i order = _mm512_load_si512(interleave);
   for (int64_t t = 0; t < tiles_of(a.batch); ++t) {
     uint16_t* tile = tiles + t * cols * kLanes;
     const int64_t valid = std::min<int64_t>(kLanes, a.batch - t * kLanes);
-    for (int64_t b = 0; b < kLanes; ++b) {
-      if (b >= valid) {
-        for (int64_t c = c0; c < c1; ++c) tile[c * kLanes + b] = 0;
-        continue;
+    const uint16_t* rows = x + t * kLanes * a.x_row_stride;
+    auto sixteen = [&](int64_t b, int64_t c) {
+      return b < valid ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + b * a.x_row_stride + c))
+                       : _mm256_setzero_si256();
+    };
+    int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+      __m512 r[16];
+      for (int d = 0; d < 16; ++d) {
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(sixteen(2 * d, c)), sixteen(2 * d + 1, c), 1);
+        r[d] = _mm512_castsi512_ps(_mm512_permutexvar_epi16(order, both));
       }
-      const uint16_t* row = x + (t * kLanes + b) * a.x_row_stride;
-      for (int64_t c = c0; c < c1; ++c) tile[c * kLanes + b] = row[c];
+      simd::Avx512::transpose(r);
+      for (int i = 0; i < 16; ++i) _mm512_store_ps(reinterpret_cast<float*>(tile + (c + i) * kLanes), r[i]);
     }
+    for (; c < c1; ++c)
+      for (int64_t b = 0; b < kLanes; ++b) tile[c * kLanes + b] = b < valid ? rows[b * a.x_row_stride + c] : 0;
   }
 }
 
