@@ -1,4 +1,5 @@
 """SparseLinear: a drop-in nn.Linear over packed sparse weights (sparsekern.formats)."""
+from operator import attrgetter
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -22,6 +23,9 @@ class _KernelHandle(NamedTuple):
     key: tuple
     kernel: object
     bias: Optional[torch.Tensor]
+
+
+_VERSION = attrgetter("_version")  # a tensor's in-place update counter
 
 
 class SparseLinear(nn.Module):
@@ -201,16 +205,22 @@ class SparseLinear(nn.Module):
         address from passing for the old one; the versions catch in-place updates (an
         optimizer step on the values: the kernel may keep a copy in another layout, and reads
         a float32 copy of a bf16 bias)."""
+        try:
+            return self._key_by(_VERSION)  # the per-call path: attrgetter is the cheapest read
+        except RuntimeError:  # an inference tensor keeps no version counter
+            return self._key_by(ops.version_of)
+
+    def _key_by(self, version) -> tuple:
         values, bias, buffers = self._parameters["values"], self._parameters["bias"], self._buffers
-        key = [values.data_ptr(), values.numel(), ops.version_of(values)]
+        key = [values.data_ptr(), values.numel(), version(values)]
         for name in self._buffer_fields:
             t = buffers[name]
             key.append(t.data_ptr())
             key.append(t.numel())
-            key.append(ops.version_of(t))
+            key.append(version(t))
         if bias is not None:
             key.append(bias.data_ptr())
-            key.append(ops.version_of(bias))
+            key.append(version(bias))
         return tuple(key)
 
     def _kernel_handle(self) -> Optional[_KernelHandle]:
