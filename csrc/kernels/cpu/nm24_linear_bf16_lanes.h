@@ -46,7 +46,8 @@ constexpr int kTileBatch = 8;                          // activation rows per re
 // level the panel's values and controls (48 rows x 8 bytes a group) come from.
 constexpr int64_t kKBlock = 128;
 // Words between one 16-row block's controls and the next: a block and a cache line, so that
-// the three blocks' controls do not share L1 sets (4 KiB apart, they would with W's and x's).
+// the three blocks' controls do not share L1 sets (a multiple of 4 KiB apart, they would, and
+// with W's lines too, which are 4 KiB multiples apart from block to block).
 constexpr int64_t kControlStride = kKBlock * kLaneRows + kLaneRows;
 
 // The vpshufb control of nibble p0 | p1 << 2: the bytes of activations p0 and p1 of the four
