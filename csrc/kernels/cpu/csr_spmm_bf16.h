@@ -11,23 +11,26 @@
 namespace sparsekern::cpu::csrbf16 {
 namespace {
 
-template <typename IndexT>
+template <typename Tiles, typename IndexT>
 void product(const CsrMatrix& w, const DenseArgs& a) {
   const auto* cols = static_cast<const IndexT*>(w.col_idx);
   const auto* values = static_cast<const uint16_t*>(w.values);
-  bf16tiles::batched(a, w.rows, w.cols, w.row_ptr, [&](int64_t r, const uint16_t* tile, float* out) {
+  Tiles::batched(a, w.rows, w.cols, w.row_ptr, [&](int64_t r, const uint16_t* tile, float* out) {
     const int64_t j0 = w.row_ptr[r];
     const IndexT* row_cols = cols + j0;
-    bf16tiles::RowSums sums;
+    typename Tiles::RowSums sums;
     sums.add(tile, values + j0, w.row_ptr[r + 1] - j0,
-             [&](int64_t j) { return int64_t(row_cols[j]) << bf16tiles::kLaneShift; });
+             [&](int64_t j) { return int64_t(row_cols[j]) << Tiles::kShift; });
     sums.store(out);
   });
 }
 
 inline void batched(const CsrMatrix& w, const DenseArgs& a) {
-  if (w.index_type == IndexType::u16) product<uint16_t>(w, a);
-  else product<int32_t>(w, a);
+  bf16tiles::with_lanes(a.batch, [&](auto tiles) {
+    using Tiles = decltype(tiles);
+    if (w.index_type == IndexType::u16) product<Tiles, uint16_t>(w, a);
+    else product<Tiles, int32_t>(w, a);
+  });
 }
 
 inline int64_t workspace_floats(const CsrMatrix& w, int64_t batch) { return bf16tiles::workspace_floats(w.cols, batch); }
