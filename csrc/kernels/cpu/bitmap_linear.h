@@ -47,8 +47,8 @@ struct BitmapFamily {
     return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16 && batch >= kBf16From;
   }
   // The fp32 path's direct kernel, which runs below 8 with x widened, measured faster than
-  // the native batched one below 8 (4096 x 4096 at 50%: 1.56x / 0.97x of dense bf16 against
-  // 0.34x / 0.32x at batch 2 / 4), slower from 8 (0.38x against 0.43x).
+  // the native batched one below 8 (4096 x 4096 at 50%: 1.44x / 0.96x / 0.66x of dense bf16
+  // against 0.45x / 0.40x / 0.43x at batch 2 / 4 / 6), slower from 8 (0.36x against 0.48x).
   static constexpr int64_t kBf16From = 8;
 };
 
