@@ -117,9 +117,10 @@ constexpr int64_t kReleaseGilFrom = 4096;
 
 // Layouts a kernel object derives from its buffers for some calls (2:4's rows-in-lanes copy,
 // nm24_lanes.h), built on the first call that wants them and shared by the object's copies.
-// Only objects that live across calls build them (keep_layouts(): a layer's cached kernel,
-// whose buffers the layer replaces rather than edits in place, see SparseLinear._handle_key);
-// an object made for one call would pay the copy on every call.
+// Only objects that live across calls build them (keep_layouts(): a layer's cached kernel and
+// the op path's, which their owners replace whenever a buffer is replaced or changed in place:
+// SparseLinear._handle_key, ops._op_kernel); an object made for one call would pay the copy
+// on every call.
 template <typename Family>
 struct DerivedLayouts {
   void keep() {}

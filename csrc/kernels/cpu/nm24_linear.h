@@ -26,8 +26,8 @@ struct Nm24Matrix {
   // (p0 < p1) of its two values. A row with an odd number of groups ends in a zero nibble.
   const uint8_t* meta = nullptr;
   // Optional: the same bf16 matrix laid out 16 rows per zmm (nm24_lanes.h), which the
-  // avx512bf16 variant needs for batches from nm24bf16::kLanesFrom; without it they take the
-  // small-batch path.
+  // avx512bf16 variant needs for batches from Nm24Family::kNm24LanesFrom; without it they
+  // take the small-batch path.
   const Nm24Lanes* lanes = nullptr;
 };
 
