@@ -37,14 +37,18 @@ constexpr int64_t kRowBlock = 32;  // output rows gathered in L1 before they go 
 
 // The vpermw order that interleaves two halves of a zmm word by word: word 2i from the low
 // half's word i, word 2i + 1 from the high half's.
-inline __m512i interleave_halves() {
-  alignas(64) uint16_t order[32];
-  for (int i = 0; i < 16; ++i) {
-    order[2 * i] = uint16_t(i);
-    order[2 * i + 1] = uint16_t(16 + i);
+struct Interleave {
+  alignas(64) uint16_t order[32] = {};
+  constexpr Interleave() {
+    for (int i = 0; i < 16; ++i) {
+      order[2 * i] = uint16_t(i);
+      order[2 * i + 1] = uint16_t(16 + i);
+    }
   }
-  return _mm512_load_si512(order);
-}
+};
+constexpr Interleave kInterleave{};
+
+inline __m512i interleave_halves() { return _mm512_load_si512(kInterleave.order); }
 
 // Where batch row b of a 32-row tile sits in the accumulators lo (0-15) and hi (16-31):
 // unpacking within 128-bit lane k puts rows 8k .. 8k + 3 in lo's dwords 4k .. 4k + 3 and rows
@@ -113,7 +117,6 @@ struct PairTiles {
   // vdpbf16ps's latency): for 32 lanes two (lo, hi) sets, for 16 lanes four of one zmm.
   struct RowSums {
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    __m512i order = interleave_halves();
 
     // Two nonzeros at tile offsets at0, at1 (column << kShift) with values `pair`, into the
     // chains from `first`.
@@ -128,7 +131,8 @@ struct PairTiles {
         const __m512i both = _mm512_inserti64x4(
             _mm512_castsi256_si512(_mm256_load_si256(reinterpret_cast<const __m256i*>(tile + at0))),
             _mm256_load_si256(reinterpret_cast<const __m256i*>(tile + at1)), 1);
-        acc[first] = _mm512_dpbf16_ps(acc[first], wv, reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(order, both)));
+        acc[first] = _mm512_dpbf16_ps(acc[first], wv,
+                                      reinterpret_cast<__m512bh>(_mm512_permutexvar_epi16(interleave_halves(), both)));
       }
     }
 
