@@ -217,7 +217,9 @@ void decode_chunk(const Nm24Matrix& w, int64_t r, int64_t col, int64_t end, type
 // (odd rows) and the columns past the last full chunk decode to zero values. The loop body is
 // decode_chunk's, written out on purpose: calling decode_chunk here (storing its two
 // registers) measured 1.94x / 1.96x over dense at batch 64 for 3072 x 768 / 768 x 3072,
-// against 2.38-2.54x / 2.19-2.29x for this loop (Zen 5, fp32, 2 threads, 2026-12-03).
+// against 2.38-2.54x / 2.19-2.29x for this loop (Zen 5, fp32, 2 threads, 2026-12-03); with
+// decode_chunk forced inline, 3072 x 768 still ran 1.75x / 2.38x against 2.89x / 2.96x for
+// this loop, alternated in one session.
 template <typename V, typename ValueT>
 void decode_block(const Nm24Matrix& w, int64_t r0, int64_t pairs, int64_t k0, int64_t cols, float* ws) {
   constexpr int W = V::width;
