@@ -3,8 +3,9 @@
 - Which kernel variant (ISA) runs a call: `kernel_isa(format, batch, act_dtype)`, per format,
   batch bucket and activation dtype, so a variant that pays only for batched inputs (AMX) can
   be chosen for those alone. Every case takes the most capable ISA this CPU runs (capped by
-  SPARSEKERN_CPU_ISA), except that avx512bf16 is named only where it has native bf16 code
-  (NATIVE_BF16_FROM); elsewhere the call is avx512's.
+  SPARSEKERN_CPU_ISA), except that amx is named only where it multiplies on tiles (AMX_FROM)
+  and avx512bf16 only where it has native bf16 code (NATIVE_BF16_FROM); elsewhere the call is
+  the next ISA down's, whose code it runs.
 - Which format a layer is stored in, for sparsify(format="auto"): `choose_format` times
   every format that can hold the layer's mask against dense F.linear, in the layer's dtype,
   at the batch sizes asked for, each candidate paired with dense alone.
@@ -54,6 +55,16 @@ def batch_bucket(batch: int) -> int:
 NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 8}
 
 
+# Where the amx variant multiplies on tiles: 2:4 and bitmap with bf16 activations (and bf16
+# values) from this batch size (the C++ kAmxFrom, linear_args.h). Not yet measured on an AMX
+# CPU: 32 is where each decompressed B tile serves two A tiles of x.
+AMX_FROM = {"2:4": 32, "bitmap": 32}
+
+
+def _tiles(format: str, bucket: int, act_dtype: torch.dtype) -> bool:
+    return act_dtype == torch.bfloat16 and format in AMX_FROM and bucket >= AMX_FROM[format]
+
+
 def _native_bf16(format: str, bucket: int, act_dtype: torch.dtype) -> bool:
     # A bucket is the largest batch it holds (batch_bucket), so bucket >= from means some
     # batch of it, and every larger bucket, reaches the native code.
@@ -63,6 +74,8 @@ def _native_bf16(format: str, bucket: int, act_dtype: torch.dtype) -> bool:
 @lru_cache(maxsize=None)
 def _isa_for(format: str, bucket: int, act_dtype: torch.dtype) -> int:
     isa = _backend.cpu_isa()
+    if isa == "amx" and not _tiles(format, bucket, act_dtype):
+        isa = "avx512bf16"  # the code amx runs there anyway: say so
     if isa == "avx512bf16" and not _native_bf16(format, bucket, act_dtype):
         isa = "avx512"  # the code avx512bf16 runs there anyway: say so
     return _backend.isa_index(isa)

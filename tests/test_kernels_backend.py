@@ -20,7 +20,7 @@ def test_default_is_the_best_supported():
     assert "scalar" in sparsekern.supported_cpu_isas()
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "avx512bf16"])
+@pytest.mark.parametrize("isa", sparsekern._backend.CPU_ISAS)
 def test_env_forces_an_isa(isa, tmp_path):
     result = isa_in_subprocess(isa, tmp_path)
     if isa in sparsekern.supported_cpu_isas():
@@ -80,17 +80,46 @@ def test_isa_table_reaches_python():
     assert sparsekern._backend.CPU_ISAS[0] == "scalar"
     assert set(sparsekern._backend.cpu_features()) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
 
-def test_planner_names_avx512bf16_only_where_it_reads_bf16():
+@pytest.fixture
+def planner_on(monkeypatch):
+    """The planner as it would run with another best ISA (its naming is pure Python, so every
+    machine can check it); its caches are emptied before and after."""
+    from sparsekern import planner
+
+    def use(isa):
+        monkeypatch.setattr(planner._backend, "cpu_isa", lambda: isa)
+        planner._isa_for.cache_clear()
+        planner.kernel_isa.cache_clear()
+        return planner
+    yield use
+    planner._isa_for.cache_clear()
+    planner.kernel_isa.cache_clear()
+
+
+def test_planner_names_avx512bf16_only_where_it_reads_bf16(planner_on):
     """Per call, by format, batch and activation dtype: 2:4 with bf16 activations runs the
     native bf16 kernels at every batch, CSR from batch 2, bitmap from the bucket that holds
     batch 8 (5-16); every other call names avx512, whose code it runs."""
-    from sparsekern import planner
-    if sparsekern.cpu_isa() != "avx512bf16":
-        pytest.skip(f"the kernels in use are {sparsekern.cpu_isa()}, not avx512bf16")
+    planner = planner_on("avx512bf16")
     names = sparsekern._backend.CPU_ISAS
     for batch in (1, 2, 16, 31, 32, 256, 1000):
         assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == "avx512bf16"
         assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
         assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("avx512" if batch <= 4 else "avx512bf16")
+        for fmt in ("2:4", "csr", "bitmap"):
+            assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"
+
+
+def test_planner_names_amx_only_where_it_multiplies_on_tiles(planner_on):
+    """On an AMX CPU, 2:4 and bitmap with bf16 activations name amx from the bucket that holds
+    batch 32 (17-64); below that, and for CSR, the avx512bf16 naming holds; fp32 names avx512."""
+    planner = planner_on("amx")
+    names = sparsekern._backend.CPU_ISAS
+    for batch in (1, 2, 16, 17, 32, 256, 1000):
+        tiles = batch > 16
+        assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == ("amx" if tiles else "avx512bf16")
+        bitmap_below = "avx512" if batch <= 4 else "avx512bf16"
+        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("amx" if tiles else bitmap_below)
+        assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
         for fmt in ("2:4", "csr", "bitmap"):
             assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"

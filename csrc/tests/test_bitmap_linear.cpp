@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "amx_emulated.h"
 #include "bitmap_linear.h"
 #include "dense_harness.h"
 
@@ -24,6 +25,8 @@ struct Case {
   bool bias;
   int64_t x_pad;
   ActType act;
+  // Run the tile kernel on emulated tiles (amx_emulated.h) instead of the ISA's variant.
+  bool emulated_tiles = false;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -55,6 +58,12 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.offsets = offsets.data();
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
+  if (c.emulated_tiles) {
+    run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
+                  amx_emulated_workspace_floats(c.cols, c.batch, 2), rng,
+                  [&](const DenseArgs& a) { amx_emulated_linear(w, a); }, "bitmap emulated tiles");
+    return;
+  }
   const std::string label = std::string("bitmap isa=") + isa_name(isa) + " val=" + std::to_string(int(c.value_type)) +
                             " density=" + std::to_string(c.density);
   run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
@@ -92,6 +101,23 @@ int main() {
         }
   }
   tiles_under_test = TileParams{};
+  // The amx variant's tile kernel (amx_linear.h) on emulated tiles: bf16 values and
+  // activations on the same shapes (rows around its 32-row steps, cols around its 32-column
+  // tiles, a 4097-column row across its 1024-column chunks) and batches (around its 16-row A
+  // tiles and their pairs); the hardware variant runs above, among the runnable ISAs, where
+  // the CPU has AMX.
+  if (amx_emulation_runs()) {
+    for (const auto& s : shapes)
+      for (int64_t batch : batches)
+        for (double density : densities) {
+          Case c{s[0], s[1], batch, density, ValueType::bf16, cases % 3 != 0, cases % 2 ? 0 : 5, ActType::bf16};
+          c.emulated_tiles = true;
+          run_case(c, Isa::scalar, rng);
+          ++cases;
+        }
+  } else {
+    std::printf("skip the emulated tile kernel: this CPU lacks some of '%s' (besides AMX)\n", isa_features(Isa::amx));
+  }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "amx_emulated.h"
 #include "dense_harness.h"
 #include "nm24_lanes.h"
 #include "nm24_linear.h"
@@ -28,6 +29,8 @@ struct Case {
   // bf16 values: give the matrix its rows-in-lanes copy (nm24_lanes.h), as the Python module
   // does for a layer's kernel; without it the avx512bf16 variant runs its small-batch path.
   bool lanes = true;
+  // Run the tile kernel on emulated tiles (amx_emulated.h) instead of the ISA's variant.
+  bool emulated_tiles = false;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -62,6 +65,12 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   if (bf16 && c.lanes) {
     lanes = build_nm24_lanes(w);
     w.lanes = &lanes;
+  }
+  if (c.emulated_tiles) {
+    run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
+                  amx_emulated_workspace_floats(c.cols, c.batch, 2), rng,
+                  [&](const DenseArgs& a) { amx_emulated_linear(w, a); }, "2:4 emulated tiles");
+    return;
   }
   const std::string label = std::string("2:4 isa=") + isa_name(isa) + " val=" + std::to_string(int(c.value_type));
   run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
@@ -117,6 +126,21 @@ int main() {
                    isa, rng);
           ++cases;
         }
+  // The amx variant's tile kernel (amx_linear.h) on emulated tiles, on the same shapes (rows
+  // around its 32-row steps, cols around its 32-column tiles and 1024-column chunks) and
+  // batches (around its 16-row A tiles and their pairs); the hardware variant runs above,
+  // among the runnable ISAs, where the CPU has AMX.
+  if (amx_emulation_runs()) {
+    for (const auto& s : bf16_shapes)
+      for (int64_t batch : bf16_batches) {
+        Case c{s[0], s[1], batch, ValueType::bf16, batch % 2 == 1, batch % 3 ? 0 : 7, ActType::bf16};
+        c.emulated_tiles = true;
+        run_case(c, Isa::scalar, rng);
+        ++cases;
+      }
+  } else {
+    std::printf("skip the emulated tile kernel: this CPU lacks some of '%s' (besides AMX)\n", isa_features(Isa::amx));
+  }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

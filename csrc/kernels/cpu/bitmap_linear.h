@@ -43,8 +43,14 @@ struct BitmapFamily {
   static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, bitmap_linear_bf16.h) when the values
   // are bf16 too and the batch is kBf16From or more; every other case is widened by the dispatch.
+  // amx reads them there too: on tiles from kAmxFrom rows (amx_linear.h), below that with
+  // avx512bf16's code.
   static bool reads_bf16(Isa isa, const BitmapMatrix& w, int64_t batch) {
-    return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16 && batch >= kBf16From;
+    return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16 && batch >= kBf16From;
+  }
+  // Whether a call of the amx variant multiplies on tiles.
+  static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
+    return isa == Isa::amx && w.value_type == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
   }
   // The fp32 path's direct kernel, which runs below 8 with x widened, measured faster than
   // the native batched one below 8 (4096 x 4096 at 50%: 1.44x / 0.96x / 0.66x of dense bf16

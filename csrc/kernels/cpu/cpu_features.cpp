@@ -11,6 +11,10 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace sparsekern::cpu {
 namespace {
@@ -66,12 +70,26 @@ uint64_t os_saved_state() {
   return (uint64_t(hi) << 32) | lo;
 }
 
+// Linux enables the tile registers' state in XCR0 but hands it to a process only when asked
+// (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, kernel 5.16 on); without that the
+// first tile instruction raises SIGILL. Asked once per process; a refusal means no AMX.
+bool os_grants_tiles() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool granted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  return granted;
+#else
+  return false;
+#endif
+}
+
 bool has_bit(const FeatureBit& f) {
   unsigned r[4] = {0, 0, 0, 0};
   if (!__get_cpuid_count(f.leaf, f.subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
   if (!(r[f.reg] & (1u << f.bit))) return false;
   static const uint64_t saved = os_saved_state();
-  return (saved & f.xcr0) == f.xcr0;
+  if ((saved & f.xcr0) != f.xcr0) return false;
+  return f.xcr0 != kTiles || os_grants_tiles();
 }
 #else
 bool has_bit(const FeatureBit&) { return false; }

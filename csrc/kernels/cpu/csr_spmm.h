@@ -35,8 +35,9 @@ struct CsrFamily {
   static int64_t workspace_floats(const CsrMatrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, csr_spmm_bf16.h) when the values are
   // bf16 too and the batch is kBf16From or more; every other case is widened by the dispatch.
+  // amx runs avx512bf16's code (CSR has no tile path).
   static bool reads_bf16(Isa isa, const CsrMatrix& w, int64_t batch) {
-    return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16 && batch >= kBf16From;
+    return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16 && batch >= kBf16From;
   }
   static constexpr int64_t kBf16From = 2;
 };

@@ -10,12 +10,17 @@
 #pragma once
 
 // avx512bf16 is AVX-512 plus vdpbf16ps (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on):
-// 2:4 with bf16 values and activations reads bf16 natively there (nm24_linear_bf16.h); the
-// other formats and dtypes run their avx512 code. SPARSEKERN_CPU_ISA=avx512 forbids it.
+// every format with bf16 values and activations reads bf16 natively there, 2:4 at every batch
+// and CSR and bitmap batched (the families' reads_bf16); the other dtypes run their avx512
+// code. amx adds Intel's tile registers (Sapphire Rapids on; the OS must grant them, see
+// cpu_features.cpp): 2:4 and bitmap with bf16 values and activations from a batch of
+// kAmxFrom (amx_linear.h); every other call is avx512bf16's. SPARSEKERN_CPU_ISA=avx512
+// forbids both, =avx512bf16 forbids amx.
 // clang-format off
 #define SPARSEKERN_ISA_TABLE(X) \
   X(scalar, "", "") \
   X(avx2, "avx2 fma f16c", "-mavx2 -mfma -mf16c") \
   X(avx512, "avx512f avx512bw avx512vl avx512dq avx2 fma f16c", "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c") \
-  X(avx512bf16, "avx512f avx512bw avx512vl avx512dq avx2 fma f16c avx512_bf16", "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -mavx512bf16")
+  X(avx512bf16, "avx512f avx512bw avx512vl avx512dq avx2 fma f16c avx512_bf16", "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -mavx512bf16") \
+  X(amx, "avx512f avx512bw avx512vl avx512dq avx2 fma f16c avx512_bf16 avx512_vbmi2 amx_tile amx_bf16", "-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -mavx512bf16 -mavx512vbmi2 -mamx-tile -mamx-bf16")
 // clang-format on

@@ -17,6 +17,12 @@ enum class ValueType : int { f32 = 0, bf16 = 1 };
 // Activations and output (one dtype for both, as torch's linear returns x's dtype).
 enum class ActType : int { f32 = 0, bf16 = 1 };
 
+// Batch from which the amx variant multiplies on tiles (amx_linear.h), for the formats that
+// have that path (2:4 and bitmap, bf16 values and activations); below it amx runs the
+// avx512bf16 code. Not yet measured (no AMX machine so far): 32 is where each decompressed B
+// tile serves two A tiles. SparseLinear's planner names the same threshold (AMX_FROM).
+inline constexpr int64_t kAmxFrom = 32;
+
 // Dense activations and output.
 //   x    [batch x cols] of act_type, row b starts b * x_row_stride elements in, columns
 //        contiguous.

@@ -42,14 +42,20 @@ struct Nm24Family {
   template <Isa isa>
   static int64_t workspace_floats(const Nm24Matrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, nm24_linear_bf16.h) when the values
-  // are bf16 too; every other case is widened to float32 by the dispatch.
+  // are bf16 too; every other case is widened to float32 by the dispatch. amx reads them too:
+  // on tiles from kAmxFrom rows (amx_linear.h), below that with avx512bf16's code.
   static bool reads_bf16(Isa isa, const Nm24Matrix& w, int64_t /*batch: any*/) {
-    return isa == Isa::avx512bf16 && w.value_type == ValueType::bf16;
+    return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16;
+  }
+  // Whether a call of the amx variant multiplies on tiles.
+  static bool runs_tiles(Isa isa, const Nm24Matrix& w, ActType act, int64_t batch) {
+    return isa == Isa::amx && w.value_type == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
   }
   // Whether a call would run the rows-in-lanes kernel (nm24_linear_bf16_lanes.h), given
   // Nm24Matrix::lanes: the owner of the matrix builds that copy when this first says so.
   static bool wants_lanes(Isa isa, const Nm24Matrix& w, ActType act, int64_t batch) {
-    return reads_bf16(isa, w, batch) && act == ActType::bf16 && batch >= kNm24LanesFrom;
+    return reads_bf16(isa, w, batch) && act == ActType::bf16 && batch >= kNm24LanesFrom &&
+           !runs_tiles(isa, w, act, batch);
   }
   // Batch from which the rows-in-lanes kernel beats the small-batch one. Against dense bf16,
   // 2 threads, Zen 5, small-batch / rows-in-lanes: 4096 x 4096 at batch 2-4 4.5x / 3.0x to
