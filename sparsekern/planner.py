@@ -50,9 +50,9 @@ def batch_bucket(batch: int) -> int:
 
 # Where avx512bf16's native bf16 kernels run: formats with bf16 activations (and bf16
 # values), from this batch size on (the C++ families' kBf16From). 2:4 reads bf16 x with
-# vdpbf16ps at every batch (its small-batch and rows-in-lanes paths); CSR from batch 2 and
-# bitmap from 8 (their batched paths, measured above avx512's widened ones from there).
-NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 8}
+# vdpbf16ps at every batch (its small-batch and rows-in-lanes paths); CSR and bitmap from
+# batch 2 (their batched paths, measured above avx512's widened ones from there).
+NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 2}
 
 
 # Where the amx variant multiplies on tiles: 2:4 and bitmap with bf16 activations (and bf16

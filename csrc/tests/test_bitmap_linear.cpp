@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "amx_emulated.h"
+#include "forced_variants.h"
 #include "bitmap_linear.h"
 #include "dense_harness.h"
 
@@ -25,8 +25,10 @@ struct Case {
   bool bias;
   int64_t x_pad;
   ActType act;
-  // Run the tile kernel on emulated tiles (amx_emulated.h) instead of the ISA's variant.
+  // Run a variant the dispatch would not pick here (forced_variants.h) instead of the ISA's:
+  // the tile kernel on emulated tiles, or the native bf16 path's table expansion.
   bool emulated_tiles = false;
+  bool expansion_tables = false;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -58,6 +60,12 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.offsets = offsets.data();
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
+  if (c.expansion_tables) {
+    run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
+                  bitmap_tables_workspace_floats(w, c.batch, 2), rng,
+                  [&](const DenseArgs& a) { bitmap_tables_linear(w, a); }, "bitmap table expansion");
+    return;
+  }
   if (c.emulated_tiles) {
     run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
                   amx_emulated_workspace_floats(c.cols, c.batch, 2), rng,
@@ -117,6 +125,20 @@ int main() {
         }
   } else {
     std::printf("skip the emulated tile kernel: this CPU lacks some of '%s' (besides AMX)\n", isa_features(Isa::amx));
+  }
+  // The native bf16 path's expansion by tables (bitmap_linear_bf16.h), which the dispatch
+  // takes only without VBMI2: the same bf16 cases.
+  if (bitmap_tables_run()) {
+    for (const auto& s : shapes)
+      for (int64_t batch : batches)
+        for (double density : densities) {
+          Case c{s[0], s[1], batch, density, ValueType::bf16, cases % 3 != 0, cases % 2 ? 0 : 5, ActType::bf16};
+          c.expansion_tables = true;
+          run_case(c, Isa::scalar, rng);
+          ++cases;
+        }
+  } else {
+    std::printf("skip the bitmap table expansion: this CPU cannot run avx512bf16\n");
   }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;

@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "amx_emulated.h"
+#include "forced_variants.h"
 #include "dense_harness.h"
 #include "nm24_lanes.h"
 #include "nm24_linear.h"
@@ -29,7 +29,7 @@ struct Case {
   // bf16 values: give the matrix its rows-in-lanes copy (nm24_lanes.h), as the Python module
   // does for a layer's kernel; without it the avx512bf16 variant runs its small-batch path.
   bool lanes = true;
-  // Run the tile kernel on emulated tiles (amx_emulated.h) instead of the ISA's variant.
+  // Run the tile kernel on emulated tiles (forced_variants.h) instead of the ISA's variant.
   bool emulated_tiles = false;
 };
 

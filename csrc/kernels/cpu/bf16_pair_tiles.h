@@ -1,7 +1,8 @@
-// The native bf16 batched path that CSR (csr_spmm_bf16.h) and bitmap (bitmap_linear_bf16.h)
-// share: bf16 values and bf16 activations through vdpbf16ps, no widening copy of x, fp32
-// accumulation, y rounded to bf16. Included only by the *_avx512bf16.cpp variants (flags:
-// isa_table.h).
+// CSR's native bf16 batched path (csr_spmm_bf16.h): bf16 values and bf16 activations through
+// vdpbf16ps, no widening copy of x, fp32 accumulation, y rounded to bf16. Included only by
+// csr_spmm_avx512bf16.cpp (flags: isa_table.h). Bitmap used it too until its expansion into
+// dense chunks (bitmap_linear_bf16.h) measured faster; at 90% CSR's nonzeros are few enough
+// that pairing them beats multiplying the zeros.
 //
 // As in the fp32 batched paths (csr_spmm_simd.h), x is copied once per call into tiles of
 // Lanes batch rows, transposed ([cols][Lanes] bf16), and each row's nonzeros walk the tile.
@@ -172,24 +173,19 @@ struct PairTiles {
   static void rows(const DenseArgs& a, int64_t out_rows, int64_t cols, const uint16_t* tiles, int64_t r0, int64_t r1,
                    const RowFn& row_sums) {
     alignas(64) float out[kRowBlock][Lanes];
-    auto* y = static_cast<uint16_t*>(a.y);
     for (int64_t t = 0; t < tiles_of(a.batch); ++t) {
       const uint16_t* tile = tiles + t * cols * Lanes;
       const int64_t valid = std::min<int64_t>(Lanes, a.batch - t * Lanes);
       for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
         const int64_t block = std::min<int64_t>(kRowBlock, r1 - rb);
         for (int64_t i = 0; i < block; ++i) row_sums(rb + i, tile, out[i]);
-        // Row by row of y: `block` consecutive outputs of one batch row at a time.
-        for (int64_t b = 0; b < valid; ++b) {
-          uint16_t* dst = y + (t * Lanes + b) * out_rows + rb;
-          for (int64_t i = 0; i < block; ++i) dst[i] = f32_to_bf16(out[i][b] + (a.bias ? a.bias[rb + i] : 0.f));
-        }
+        store_bf16_rows(a, out_rows, t * Lanes, valid, rb, block, &out[0][0], Lanes);
       }
     }
   }
 
   // The whole product: threads pack x together, then take rows by nonzeros (row_starts:
-  // CSR's row_ptr, bitmap's offsets).
+  // CSR's row_ptr).
   template <typename RowFn>
   static void batched(const DenseArgs& a, int64_t out_rows, int64_t cols, const int64_t* row_starts,
                       const RowFn& row_sums) {

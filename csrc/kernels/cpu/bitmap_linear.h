@@ -52,10 +52,11 @@ struct BitmapFamily {
   static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
     return isa == Isa::amx && w.value_type == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
   }
-  // The fp32 path's direct kernel, which runs below 8 with x widened, measured faster than
-  // the native batched one below 8 (4096 x 4096 at 50%: 1.44x / 0.96x / 0.66x of dense bf16
-  // against 0.45x / 0.40x / 0.43x at batch 2 / 4 / 6), slower from 8 (0.36x against 0.48x).
-  static constexpr int64_t kBf16From = 8;
+  // At batch 1 the fp32 path's direct kernel runs, x widened; from 2 the native one beat it
+  // (4096 x 4096, 2 threads, Zen 5, against dense bf16, native / widened: 50% 1.15-1.19x /
+  // 0.94-0.98x at batch 2, 0.85-0.87x / 0.77-0.82x at 4, 0.78-0.83x / 0.56-0.57x at 6; 70%
+  // 1.2-1.5x / 1.2x at 2, 0.86-0.89x / 0.69x at 6).
+  static constexpr int64_t kBf16From = 2;
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.

@@ -1,12 +1,13 @@
-// amx_emulated.h's functions. Compiled with the amx variant's flags (CMakeLists.txt); call
-// them only where amx_emulation_runs().
-#include "amx_emulated.h"
+// forced_variants.h's functions. Compiled with the amx variant's flags (CMakeLists.txt); call
+// them only where amx_emulation_runs() or bitmap_tables_run() says.
+#include "forced_variants.h"
 
 #include <sstream>
 #include <string>
 
 #include "amx_linear.h"
 #include "amx_tiles_emulated.h"
+#include "bitmap_linear_bf16.h"
 
 namespace sparsekern::test {
 
@@ -28,6 +29,16 @@ void amx_emulated_linear(const cpu::Nm24Matrix& w, const cpu::DenseArgs& a) {
 
 void amx_emulated_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a) {
   if (a.batch > 0 && w.rows > 0) cpu::amx::linear<cpu::AmxEmulated>(cpu::amx::BitmapSource(w), w.rows, w.cols, a);
+}
+
+bool bitmap_tables_run() { return cpu::cpu_supports(cpu::Isa::avx512bf16); }
+
+int64_t bitmap_tables_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch, int num_threads) {
+  return cpu::bitmapbf16::workspace_floats(w, batch, num_threads);
+}
+
+void bitmap_tables_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a) {
+  if (a.batch > 0 && w.rows > 0) cpu::bitmapbf16::product<cpu::bitmapbf16::ExpandTables>(w, a);
 }
 
 }  // namespace sparsekern::test
