@@ -50,9 +50,9 @@ def batch_bucket(batch: int) -> int:
 
 # Where avx512bf16's native bf16 kernels run: formats with bf16 activations (and bf16
 # values), from this batch size on (the C++ families' kBf16From). 2:4 reads bf16 x with
-# vdpbf16ps at every batch (its small-batch and rows-in-lanes paths); CSR and bitmap from
-# batch 2 (their batched paths, measured above avx512's widened ones from there).
-NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 2}
+# vdpbf16ps at every batch (its small-batch and rows-in-lanes paths); CSR from batch 2 and
+# bitmap from 5 (their batched paths, measured above avx512's widened ones from there).
+NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 5}
 
 
 # Where the amx variant multiplies on tiles: 2:4 and bitmap with bf16 activations (and bf16
@@ -320,7 +320,8 @@ def tile_candidates(format: str, default: Dict[str, int]) -> Dict[str, Dict[str,
     """Named alternatives to the default tiles that could win for this format: the 2:4 block
     halved or doubled in rows and columns (L2 share) and 2:4's register path for batches 4-8
     (a variant: it won up to 1.4x on large layers and lost up to 3x on a 3072 x 768 one on Zen
-    5, so it is a per-layer choice); the bitmap decode list halved or doubled (L1 share).
+    5, so it is a per-layer choice); the bitmap decode list halved or doubled (L1 share; the bf16
+    path's expansion chunk follows it).
     CSR's only tile (the pack column block) has not been seen to matter."""
     def with_(**changes):
         return {**default, **changes}

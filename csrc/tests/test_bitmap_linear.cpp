@@ -97,16 +97,18 @@ int main() {
             run_case({s[0], s[1], batch, density, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
             ++cases;
           }
-  // Non-default tiles (decode list, pack column block): batched calls only, where they are read.
+  // Non-default tiles (decode list, pack column block, the bf16 expansion's chunk): batched
+  // calls only, where they are read; bf16 values with bf16 activations take the native path.
   for (const TileParams& tiles : extra_tile_sets()) {
     tiles_under_test = tiles;
     for (Isa isa : runnable_isas())
       for (const auto& s : shapes)
-        for (int64_t batch : {int64_t(8), int64_t(33), int64_t(70)}) {
-          run_case({s[0], s[1], batch, 0.7, ValueType::f32, cases % 2 == 0, cases % 2 ? 0 : 5,
-                    cases % 4 == 1 ? ActType::bf16 : ActType::f32}, isa, rng);
-          ++cases;
-        }
+        for (int64_t batch : {int64_t(8), int64_t(33), int64_t(70)})
+          for (ValueType vt : {ValueType::f32, ValueType::bf16}) {
+            run_case({s[0], s[1], batch, 0.7, vt, cases % 2 == 0, cases % 2 ? 0 : 5,
+                      vt == ValueType::bf16 || cases % 4 == 1 ? ActType::bf16 : ActType::f32}, isa, rng);
+            ++cases;
+          }
   }
   tiles_under_test = TileParams{};
   // The amx variant's tile kernel (amx_linear.h) on emulated tiles: bf16 values and

@@ -52,11 +52,12 @@ struct BitmapFamily {
   static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
     return isa == Isa::amx && w.value_type == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
   }
-  // At batch 1 the fp32 path's direct kernel runs, x widened; from 2 the native one beat it
-  // (4096 x 4096, 2 threads, Zen 5, against dense bf16, native / widened: 50% 1.15-1.19x /
-  // 0.94-0.98x at batch 2, 0.85-0.87x / 0.77-0.82x at 4, 0.78-0.83x / 0.56-0.57x at 6; 70%
-  // 1.2-1.5x / 1.2x at 2, 0.86-0.89x / 0.69x at 6).
-  static constexpr int64_t kBf16From = 2;
+  // Below 5 the fp32 path's direct kernel, x widened, beat the native one; from 5 the native
+  // one won (4096 x 4096, 2 threads, Zen 5, against dense bf16, native / widened: 50%
+  // 0.61-0.68x / 0.90-1.01x at batch 2, 0.72x / 0.83-0.87x at 4, 0.68-0.69x / 0.55-0.62x at
+  // 5, 0.67-0.73x / 0.54-0.61x at 6, 0.71-0.86x / 0.36-0.40x at 8; 70% 0.65-0.68x /
+  // 1.12-1.23x at 2, 0.69-0.75x / 0.93-1.00x at 4, 0.70-0.74x / 0.69-0.73x at 5).
+  static constexpr int64_t kBf16From = 5;
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.

@@ -1,7 +1,7 @@
 // Bitmap with bf16 values and bf16 activations for batches from BitmapFamily::kBf16From, read
 // natively with vdpbf16ps. Included only by bitmap_linear_avx512bf16.cpp.
 //
-// Rows of W are expanded, kRows rows by kChunkCols columns at a time, into dense bf16 in L1
+// Rows of W are expanded, kRows rows by chunk_cols() columns at a time, into dense bf16 in L1
 // (zeros included), and a dense micro-kernel multiplies them with x, kept as pair tiles: tile
 // t, pair p holds the 16 dwords (x[16t + b][2p], x[16t + b][2p + 1]), copied once per call.
 // One vdpbf16ps takes a broadcast weight pair (W[r][2p], W[r][2p + 1]) and a tile row: both
@@ -43,10 +43,19 @@ namespace sparsekern::cpu::bitmapbf16 {
 namespace {
 
 constexpr int kRows = 24;             // rows expanded together: the micro-kernel's accumulators
-constexpr int64_t kChunkCols = 256;   // columns per expansion: measured best of 128-1024 on Zen 5
-constexpr int64_t kChunkStride = kChunkCols + 32;  // elements per expanded row: off 4 KiB multiples
 constexpr int64_t kTileRows = 16;     // batch rows per tile
 constexpr int kMaxTiles = 4;          // tiles per micro-kernel call (T)
+constexpr int64_t kMaxChunkCols = kMaxBitmapDecodeCols / 4;
+
+// Columns expanded per pass: a quarter of tiles.bitmap_decode_cols (1/12 of L1d in int32s),
+// so that the expanded rows and up to kMaxTiles tiles' pairs of the chunk fill about 2/3 of
+// L1d: 256 columns for 48 KiB, which measured best of 128-1024 on Zen 5 (512: 0.5-0.7x of
+// 256's speed at batch 16).
+inline int64_t chunk_cols(const TileParams& t) {
+  return std::clamp<int64_t>(t.bitmap_decode_cols / 4 / 32 * 32, 32, kMaxChunkCols);
+}
+// Elements from one expanded row to the next: the chunk plus a line, off 4 KiB multiples.
+inline int64_t chunk_stride(int64_t chunk) { return chunk + 32; }
 
 inline int64_t pairs_of(int64_t cols) { return (cols + 1) / 2; }
 inline int64_t tiles_of(int64_t batch) { return (batch + kTileRows - 1) / kTileRows; }
@@ -147,6 +156,7 @@ template <typename Expand, int T>
 void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int64_t r0, int64_t r1, uint16_t* expanded,
           float* sums) {
   constexpr int R = kRows / T;
+  const int64_t chunk = chunk_cols(a.tiles), stride = chunk_stride(chunk);
   const int64_t words = bitmap_words(w.cols), pairs = pairs_of(w.cols), tiles_n = tiles_of(a.batch);
   const int64_t x_stride = pairs * kTileRows, sums_stride = tiles_n * kTileRows;
   const auto* values = static_cast<const uint16_t*>(w.values);
@@ -157,12 +167,12 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
     const int64_t block = std::min<int64_t>(R, r1 - rb);
     for (int i = 0; i < R; ++i) next[i] = i < block ? values + w.offsets[rb + i] : nullptr;
     std::fill(sums, sums + R * sums_stride, 0.f);
-    for (int64_t c0 = 0; c0 < w.cols; c0 += kChunkCols) {
-      const int64_t k0 = c0 / 32, k1 = std::min(words, (c0 + kChunkCols) / 32);
+    for (int64_t c0 = 0; c0 < w.cols; c0 += chunk) {
+      const int64_t k0 = c0 / 32, k1 = std::min(words, (c0 + chunk) / 32);
       for (int i = 0; i < R; ++i) {
-        uint16_t* dst = expanded + i * kChunkStride;
+        uint16_t* dst = expanded + i * stride;
         if (i >= block) {
-          std::fill(dst, dst + kChunkCols, uint16_t(0));
+          std::fill(dst, dst + chunk, uint16_t(0));
           continue;
         }
         const uint32_t* bits = w.bits + (rb + i) * words;
@@ -172,26 +182,26 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
         }
         // The row's next chunk: kRows rows read side by side are more streams than the
         // hardware prefetcher follows.
-        for (int64_t line = 0; line < kChunkCols * 2; line += 64)
+        for (int64_t line = 0; line < chunk * 2; line += 64)
           _mm_prefetch(reinterpret_cast<const char*>(next[i]) + line, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(bits + k1), _MM_HINT_T0);
       }
-      const int64_t p0 = c0 / 2, n = std::min(pairs, (c0 + kChunkCols) / 2) - p0;
+      const int64_t p0 = c0 / 2, n = std::min(pairs, (c0 + chunk) / 2) - p0;
       const uint32_t* x = tiles + p0 * kTileRows;
       int64_t t = 0;
       for (; t + T <= tiles_n; t += T)
-        micro<R, T>(pair_rows, kChunkStride / 2, x + t * x_stride, x_stride, n, sums + t * kTileRows, sums_stride);
+        micro<R, T>(pair_rows, stride / 2, x + t * x_stride, x_stride, n, sums + t * kTileRows, sums_stride);
       for (; t < tiles_n; ++t)
-        micro<R, 1>(pair_rows, kChunkStride / 2, x + t * x_stride, x_stride, n, sums + t * kTileRows, sums_stride);
+        micro<R, 1>(pair_rows, stride / 2, x + t * x_stride, x_stride, n, sums + t * kTileRows, sums_stride);
     }
     store_bf16_rows(a, w.rows, 0, a.batch, rb, block, sums, sums_stride);
   }
 }
 
-// Floats of a thread's part of the workspace: its expanded rows and its sums.
-inline int64_t part_floats(int64_t batch) {
-  return kRows * kChunkStride / 2 + kRows * tiles_of(batch) * kTileRows;
-}
+// Floats of a thread's part of the workspace: its expanded rows (for the largest chunk) and
+// its sums.
+constexpr int64_t kExpandedFloats = kRows * (kMaxChunkCols + 32) / 2;
+inline int64_t part_floats(int64_t batch) { return kExpandedFloats + kRows * tiles_of(batch) * kTileRows; }
 
 // The whole product: threads pack x together, then take rows by nonzeros.
 template <typename Expand>
@@ -207,7 +217,7 @@ void product(const BitmapMatrix& w, const DenseArgs& a) {
 #pragma omp barrier
     float* mine = a.workspace + tiles_n * pairs * kTileRows + part * part_floats(a.batch);
     auto* expanded = reinterpret_cast<uint16_t*>(mine);
-    float* sums = mine + kRows * kChunkStride / 2;
+    float* sums = mine + kExpandedFloats;
     const int64_t r0 = nnz_balanced_row(w.offsets, w.rows, part, team);
     const int64_t r1 = nnz_balanced_row(w.offsets, w.rows, part + 1, team);
     // As many tiles per call as the batch fills, up to kMaxTiles.
