@@ -18,6 +18,9 @@ using namespace sparsekern::test;
 
 namespace {
 
+// The tile kernel on emulated tiles, or the native bf16 path's table expansion.
+enum class Forced { none, emulated_tiles, expansion_tables };
+
 struct Case {
   int64_t rows, cols, batch;
   double density;
@@ -25,10 +28,8 @@ struct Case {
   bool bias;
   int64_t x_pad;
   ActType act;
-  // Run a variant the dispatch would not pick here (forced_variants.h) instead of the ISA's:
-  // the tile kernel on emulated tiles, or the native bf16 path's table expansion.
-  bool emulated_tiles = false;
-  bool expansion_tables = false;
+  // Run a variant the dispatch would not pick here (forced_variants.h) instead of the ISA's.
+  Forced forced = Forced::none;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -60,13 +61,13 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.offsets = offsets.data();
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
-  if (c.expansion_tables) {
+  if (c.forced == Forced::expansion_tables) {
     run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
                   bitmap_tables_workspace_floats(w, c.batch, 2), rng,
                   [&](const DenseArgs& a) { bitmap_tables_linear(w, a); }, "bitmap table expansion");
     return;
   }
-  if (c.emulated_tiles) {
+  if (c.forced == Forced::emulated_tiles) {
     run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
                   amx_emulated_workspace_floats(c.cols, c.batch, 2), rng,
                   [&](const DenseArgs& a) { amx_emulated_linear(w, a); }, "bitmap emulated tiles");
@@ -111,36 +112,33 @@ int main() {
           }
   }
   tiles_under_test = TileParams{};
-  // The amx variant's tile kernel (amx_linear.h) on emulated tiles: bf16 values and
-  // activations on the same shapes (rows around its 32-row steps, cols around its 32-column
-  // tiles, a 4097-column row across its 1024-column chunks) and batches (around its 16-row A
-  // tiles and their pairs); the hardware variant runs above, among the runnable ISAs, where
-  // the CPU has AMX.
-  if (amx_emulation_runs()) {
+  // Variants the dispatch would not pick here (forced_variants.h), on bf16 values and
+  // activations over the same shapes and batches: the amx variant's tile kernel (amx_linear.h)
+  // on emulated tiles (rows around its 32-row steps, cols around its 32-column tiles, a
+  // 4097-column row across its 1024-column chunks, batches around its 16-row A tiles and their
+  // pairs; the hardware variant runs above, among the runnable ISAs, where the CPU has AMX),
+  // and the native bf16 path's table expansion (bitmap_linear_bf16.h), which the dispatch takes
+  // only without VBMI2.
+  const struct {
+    Forced variant;
+    bool runs;
+    const char* skip;
+  } forced[] = {
+      {Forced::emulated_tiles, amx_emulation_runs(), "the emulated tile kernel: this CPU lacks AVX512-BF16 or VBMI2"},
+      {Forced::expansion_tables, bitmap_tables_run(), "the table expansion: this CPU cannot run avx512bf16"}};
+  for (const auto& f : forced) {
+    if (!f.runs) {
+      std::printf("skip %s\n", f.skip);
+      continue;
+    }
     for (const auto& s : shapes)
       for (int64_t batch : batches)
         for (double density : densities) {
           Case c{s[0], s[1], batch, density, ValueType::bf16, cases % 3 != 0, cases % 2 ? 0 : 5, ActType::bf16};
-          c.emulated_tiles = true;
+          c.forced = f.variant;
           run_case(c, Isa::scalar, rng);
           ++cases;
         }
-  } else {
-    std::printf("skip the emulated tile kernel: this CPU lacks some of '%s' (besides AMX)\n", isa_features(Isa::amx));
-  }
-  // The native bf16 path's expansion by tables (bitmap_linear_bf16.h), which the dispatch
-  // takes only without VBMI2: the same bf16 cases.
-  if (bitmap_tables_run()) {
-    for (const auto& s : shapes)
-      for (int64_t batch : batches)
-        for (double density : densities) {
-          Case c{s[0], s[1], batch, density, ValueType::bf16, cases % 3 != 0, cases % 2 ? 0 : 5, ActType::bf16};
-          c.expansion_tables = true;
-          run_case(c, Isa::scalar, rng);
-          ++cases;
-        }
-  } else {
-    std::printf("skip the bitmap table expansion: this CPU cannot run avx512bf16\n");
   }
   std::printf("%d cases, %d failed\n", cases, failures);
   return failures == 0 ? 0 : 1;

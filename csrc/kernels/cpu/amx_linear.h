@@ -77,7 +77,10 @@ struct Nm24Source {
   const uint8_t* meta;
   int64_t cols, meta_bytes;
   explicit Nm24Source(const Nm24Matrix& w)
-      : values(static_cast<const uint16_t*>(w.values)), meta(w.meta), cols(w.cols), meta_bytes(nm24_meta_bytes(w.cols)) {}
+      : values(static_cast<const uint16_t*>(w.values)),
+        meta(w.meta),
+        cols(w.cols),
+        meta_bytes(nm24_meta_bytes(w.cols)) {}
 
   void start(int64_t /*first row*/, int64_t /*rows*/) {}
 

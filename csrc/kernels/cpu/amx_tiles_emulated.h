@@ -31,7 +31,8 @@ struct AmxEmulated {
   }
   template <int T>
   static void load(const void* base, int64_t stride_bytes) {
-    for (int r = 0; r < 16; ++r) std::memcpy(tiles()[T].bytes[r], static_cast<const uint8_t*>(base) + r * stride_bytes, 64);
+    const auto* rows = static_cast<const uint8_t*>(base);
+    for (int r = 0; r < 16; ++r) std::memcpy(tiles()[T].bytes[r], rows + r * stride_bytes, 64);
   }
   template <int T>
   static void store(void* base, int64_t stride_bytes) {

@@ -108,8 +108,8 @@ struct ExpandTables {
   static __m512i word(uint32_t m, const uint16_t* v, const uint16_t* end) {
     const auto& t = kMaskTables;
     const __m128i lo = _mm_add_epi8(load16(t.expand16_lo[m & 255]), load16(t.expand16_hi[(m >> 8) & 255]));
-    const __m128i hi = _mm_add_epi8(_mm_add_epi8(load16(t.expand16_lo[(m >> 16) & 255]), load16(t.expand16_hi[m >> 24])),
-                                    _mm_set1_epi8(char(__builtin_popcount(m & 0xFFFFu))));
+    const __m128i hi_ranks = _mm_add_epi8(load16(t.expand16_lo[(m >> 16) & 255]), load16(t.expand16_hi[m >> 24]));
+    const __m128i hi = _mm_add_epi8(hi_ranks, _mm_set1_epi8(char(__builtin_popcount(m & 0xFFFFu))));
     const __m512i rank = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
     // A full load unless it would pass the end (masked loads are slow on Zen 5).
     const __m512i values =

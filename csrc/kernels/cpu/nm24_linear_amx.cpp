@@ -17,7 +17,8 @@ void Nm24Family::run<Isa::amx>(const Nm24Matrix& w, const DenseArgs& a) {
 template <>
 int64_t Nm24Family::workspace_floats<Isa::amx>(const Nm24Matrix& w, int64_t batch, int num_threads) {
   // Without the activation type here, enough for either path.
-  const int64_t tiles = runs_tiles(Isa::amx, w, ActType::bf16, batch) ? amx::workspace_floats(w.cols, batch, num_threads) : 0;
+  const bool on_tiles = runs_tiles(Isa::amx, w, ActType::bf16, batch);
+  const int64_t tiles = on_tiles ? amx::workspace_floats(w.cols, batch, num_threads) : 0;
   return std::max(tiles, workspace_floats<Isa::avx512bf16>(w, batch, num_threads));
 }
 
