@@ -16,7 +16,8 @@ void BitmapFamily::run<Isa::avx512bf16>(const BitmapMatrix& w, const DenseArgs& 
 template <>
 int64_t BitmapFamily::workspace_floats<Isa::avx512bf16>(const BitmapMatrix& w, int64_t batch, int num_threads) {
   // Without the activation type here, enough for either path.
-  const int64_t native = reads_bf16(Isa::avx512bf16, w, batch) ? bitmapbf16::workspace_floats(w, batch, num_threads) : 0;
+  const bool native_path = reads_bf16(Isa::avx512bf16, w, batch);
+  const int64_t native = native_path ? bitmapbf16::workspace_floats(w, batch, num_threads) : 0;
   return std::max(native, workspace_floats<Isa::avx512>(w, batch, num_threads));
 }
 

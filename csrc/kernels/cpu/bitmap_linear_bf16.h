@@ -8,14 +8,14 @@
 // products for 16 batch rows. The micro-kernel holds kRows x T accumulators (T tiles of 16
 // batch rows), so each tile load serves kRows rows and each weight pair T tiles.
 //
-// Why dense arithmetic on a sparse matrix: skipping zeros one by one costs, per nonzero, the
-// placement of its activation (a shuffle or a gather) next to one multiply, while dense
-// vdpbf16ps runs near two per cycle on Zen 5. At batches up to 16 dense bf16 F.linear is
-// bound by W's bytes (32 MiB at 4096 x 4096), which this path reads at 1/8 + density / 2 of
-// dense's; batched, it does dense's arithmetic plus the expansion. The pairing of arbitrary
-// nonzeros that this replaced (per two nonzeros two shuffles, two tile loads and one
-// vdpbf16ps) measured 0.37-0.67x of dense bf16 at 50% and batch 16-256 on Zen 5; this,
-// 0.7-0.9x (50% and 70%, batch 16-256).
+// Why multiply the zeros: skipping them one by one costs, per nonzero, placing its activation
+// (a shuffle or a gather) beside one multiply. The pairing of arbitrary nonzeros that this
+// replaced (per two nonzeros two shuffles, two tile loads and one vdpbf16ps) measured
+// 0.37-0.72x of dense bf16 at 50% and batch 16-256 on Zen 5 (2 threads), and padding each row
+// to whole column pairs, decoded in registers, measured no faster. This path reads W
+// compressed (1/8 + density / 2 bytes per weight, against dense's 2) and does dense's
+// arithmetic plus the expansion: 1.21-1.26x of dense bf16 at 50% and batch 16, 1.08-1.09x at
+// 64, 0.95x at 70% and 256 (benchmarks/, each paired with dense).
 //
 // The expansion of one 32-column word: vpexpandw (AVX512-VBMI2) where the CPU has it, else
 // the ranks of the set bits from bitmap_masks.h's byte tables and a masked vpermw (AVX512-BW);
