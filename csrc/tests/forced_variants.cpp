@@ -38,7 +38,7 @@ int64_t bitmap_tables_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch
 }
 
 void bitmap_tables_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a) {
-  if (a.batch > 0 && w.rows > 0) cpu::bitmapbf16::product<cpu::bitmapbf16::ExpandTables>(w, a);
+  if (a.batch > 0 && w.rows > 0) cpu::bitmapbf16::product<cpu::ExpandTables>(w, a);
 }
 
 }  // namespace sparsekern::test

@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "bf16.h"
+#include "bitmap_expand_bf16.h"
 #include "bitmap_linear.h"
 #include "linear_args.h"
 #include "nm24_linear.h"
@@ -98,16 +99,22 @@ struct Nm24Source {
   }
 };
 
-// Bitmap: word c0 / 32 of the row is the mask, and the row's values are read in order, so
-// each of a step's rows keeps its place in the values (the columns go left to right).
+// Bitmap: word c0 / 32 of the row, expanded as the native bf16 path expands it
+// (bitmap_expand_bf16.h); the row's values are read in order, so each of a step's rows keeps
+// its place in the values (the columns go left to right).
 struct BitmapSource {
   const uint32_t* bits;
   const int64_t* offsets;
   const uint16_t* values;
+  const uint16_t* end;  // of all values
   int64_t words;
   const uint16_t* next[kStepRows] = {};
   explicit BitmapSource(const BitmapMatrix& w)
-      : bits(w.bits), offsets(w.offsets), values(static_cast<const uint16_t*>(w.values)), words(bitmap_words(w.cols)) {}
+      : bits(w.bits),
+        offsets(w.offsets),
+        values(static_cast<const uint16_t*>(w.values)),
+        end(values + w.offsets[w.rows]),
+        words(bitmap_words(w.cols)) {}
 
   void start(int64_t r0, int64_t rows) {
     for (int64_t i = 0; i < kStepRows; ++i) next[i] = r0 + i < rows ? values + offsets[r0 + i] : nullptr;
@@ -117,7 +124,7 @@ struct BitmapSource {
     const int64_t k = c0 / 32;
     if (k >= words) return _mm512_setzero_si512();
     const uint32_t m = bits[r * words + k];
-    const __m512i v = _mm512_maskz_expandloadu_epi16(__mmask32(m), next[i]);
+    const __m512i v = ExpandVbmi2::word(m, next[i], end);
     next[i] += __builtin_popcount(m);
     return v;
   }
@@ -189,7 +196,6 @@ template <typename Tiles, typename Source>
 void linear(const Source& source, int64_t rows, int64_t cols, const DenseArgs& a) {
   const Shape s(a.batch, cols);
   auto* x_pad = reinterpret_cast<uint16_t*>(a.workspace);
-  auto* y = static_cast<uint16_t*>(a.y);
   const int64_t steps = (rows + kStepRows - 1) / kStepRows;
   const int parts = int(std::min<int64_t>(steps, useful_threads(rows * cols / 2, a.batch, a.num_threads)));
 #pragma omp parallel num_threads(parts) if (parts > 1)
@@ -213,10 +219,7 @@ void linear(const Source& source, int64_t rows, int64_t cols, const DenseArgs& a
           else multiply<Tiles, false>(x_pad, s, m0, c0, c1, b_tiles, sums, c0 == 0);
         }
       }
-      const int64_t block = std::min(kStepRows, rows - r0);
-      for (int64_t b = 0; b < a.batch; ++b)
-        for (int64_t j = 0; j < block; ++j)
-          y[b * rows + r0 + j] = f32_to_bf16(sums[b * kStepRows + j] + (a.bias ? a.bias[r0 + j] : 0.f));
+      store_bf16_rows(a, rows, 0, a.batch, r0, std::min(kStepRows, rows - r0), sums, 1, kStepRows);
     }
     Tiles::release();
   }

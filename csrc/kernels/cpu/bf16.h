@@ -35,16 +35,18 @@ inline float value_at<float>(const float* values, int64_t j) { return values[j];
 template <>
 inline float value_at<uint16_t>(const uint16_t* values, int64_t j) { return bf16_to_f32(values[j]); }
 
-// Writes y[b][rb + i] = sums[i * stride + b] + bias[rb + i], rounded, for i < block and b in
-// [first, first + valid): the native bf16 batched paths gather a block of output rows' sums
-// for tiles of batch rows, then write them one batch row at a time (block outputs each).
+// Writes y[b][rb + i] = sums[i * row_stride + (b - first) * batch_stride] + bias[rb + i],
+// rounded, for i < block and b in [first, first + valid): the native bf16 batched paths gather
+// a block of output rows' sums for tiles of batch rows (rows or batch rows contiguous), then
+// write them one batch row at a time (block outputs each).
 inline void store_bf16_rows(const DenseArgs& a, int64_t out_rows, int64_t first, int64_t valid, int64_t rb,
-                            int64_t block, const float* sums, int64_t stride) {
+                            int64_t block, const float* sums, int64_t row_stride, int64_t batch_stride) {
   auto* y = static_cast<uint16_t*>(a.y);
   for (int64_t b = first; b < first + valid; ++b) {
     uint16_t* dst = y + b * out_rows + rb;
-    const float* column = sums + (b - first);
-    for (int64_t i = 0; i < block; ++i) dst[i] = f32_to_bf16(column[i * stride] + (a.bias ? a.bias[rb + i] : 0.f));
+    const float* column = sums + (b - first) * batch_stride;
+    for (int64_t i = 0; i < block; ++i)
+      dst[i] = f32_to_bf16(column[i * row_stride] + (a.bias ? a.bias[rb + i] : 0.f));
   }
 }
 

@@ -179,7 +179,7 @@ struct PairTiles {
       for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
         const int64_t block = std::min<int64_t>(kRowBlock, r1 - rb);
         for (int64_t i = 0; i < block; ++i) row_sums(rb + i, tile, out[i]);
-        store_bf16_rows(a, out_rows, t * Lanes, valid, rb, block, &out[0][0], Lanes);
+        store_bf16_rows(a, out_rows, t * Lanes, valid, rb, block, &out[0][0], Lanes, 1);
       }
     }
   }

@@ -50,7 +50,7 @@ struct BitmapFamily {
   }
   // Whether a call of the amx variant multiplies on tiles.
   static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
-    return isa == Isa::amx && w.value_type == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
+    return runs_amx_tiles(isa, w.value_type, act, batch);
   }
   // Below 5 the fp32 path's direct kernel, x widened, beat the native one; from 5 the native
   // one won (4096 x 4096, 2 threads, Zen 5, against dense bf16, native / widened: 50%

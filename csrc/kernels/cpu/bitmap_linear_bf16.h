@@ -17,24 +17,18 @@
 // arithmetic plus the expansion: 1.21-1.26x of dense bf16 at 50% and batch 16, 1.08-1.09x at
 // 64, 0.95x at 70% and 256 (benchmarks/, each paired with dense).
 //
-// The expansion of one 32-column word: vpexpandw (AVX512-VBMI2) where the CPU has it, else
-// the ranks of the set bits from bitmap_masks.h's byte tables and a masked vpermw (AVX512-BW);
-// Intel Cooper Lake has AVX512-BF16 without VBMI2. The tables measured about 15% slower at
-// batch 16 on Zen 5. vpexpandw is written in inline asm so that this translation unit's
-// flags (isa_table.h) need not enable VBMI2 for the compiler, which could then use it
-// anywhere; it runs only behind the CPU check.
+// The expansion of one 32-column word is bitmap_expand_bf16.h's.
 #pragma once
 
 #include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 
 #include "bf16.h"
+#include "bitmap_expand_bf16.h"
 #include "bitmap_linear.h"
-#include "bitmap_masks.h"
 #include "cpu_features.h"
 #include "simd_avx512.h"
 #include "work_split.h"
@@ -85,39 +79,6 @@ inline void pack(const DenseArgs& a, int64_t cols, int64_t p0, int64_t p1, uint3
       }
   }
 }
-
-// Word `m` of a row as 32 bf16 (0 where a bit is clear), its popcount(m) values from v; `end`
-// is the end of all values, which neither expansion reads past.
-struct ExpandVbmi2 {
-  static __m512i word(uint32_t m, const uint16_t* v, const uint16_t* end) {
-    __m512i out;
-    const __mmask32 k = m;
-    if (v + 32 <= end) {  // the register form: from memory, 1.56 against 1.39 ns a word on Zen 5
-      __asm__("vpexpandw %1, %0%{%2%}%{z%}" : "=v"(out) : "v"(_mm512_loadu_si512(v)), "Yk"(k));
-    } else {
-      __asm__("vpexpandw (%1), %0%{%2%}%{z%}" : "=v"(out) : "r"(v), "Yk"(k), "m"(*(const uint16_t(*)[32])v));
-    }
-    return out;
-  }
-};
-
-struct ExpandTables {
-  static __m128i load16(const std::array<uint8_t, 16>& entry) {
-    return _mm_loadu_si128(reinterpret_cast<const __m128i*>(entry.data()));
-  }
-  static __m512i word(uint32_t m, const uint16_t* v, const uint16_t* end) {
-    const auto& t = kMaskTables;
-    const __m128i lo = _mm_add_epi8(load16(t.expand16_lo[m & 255]), load16(t.expand16_hi[(m >> 8) & 255]));
-    const __m128i hi_ranks = _mm_add_epi8(load16(t.expand16_lo[(m >> 16) & 255]), load16(t.expand16_hi[m >> 24]));
-    const __m128i hi = _mm_add_epi8(hi_ranks, _mm_set1_epi8(char(__builtin_popcount(m & 0xFFFFu))));
-    const __m512i rank = _mm512_cvtepu8_epi16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
-    // A full load unless it would pass the end (masked loads are slow on Zen 5).
-    const __m512i values =
-        v + 32 <= end ? _mm512_loadu_si512(v)
-                      : _mm512_maskz_loadu_epi16(__mmask32((uint64_t(1) << __builtin_popcount(m)) - 1), v);
-    return _mm512_maskz_permutexvar_epi16(__mmask32(m), rank, values);
-  }
-};
 
 // sums[r][16t ..] += the products of pairs [0, n) of the R expanded rows (`w`, pairs per row
 // `w_stride`) with tiles 0 .. T - 1 (`x`, T tiles `x_stride` dwords apart).
@@ -194,7 +155,7 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
       for (; t < tiles_n; ++t)
         micro<R, 1>(pair_rows, stride / 2, x + t * x_stride, x_stride, n, sums + t * kTileRows, sums_stride);
     }
-    store_bf16_rows(a, w.rows, 0, a.batch, rb, block, sums, sums_stride);
+    store_bf16_rows(a, w.rows, 0, a.batch, rb, block, sums, sums_stride, 1);
   }
 }
 

@@ -23,6 +23,11 @@ enum class ActType : int { f32 = 0, bf16 = 1 };
 // tile serves two A tiles. SparseLinear's planner names the same threshold (AMX_FROM).
 inline constexpr int64_t kAmxFrom = 32;
 
+// Whether a call of the amx variant multiplies on tiles (a family with that path asks this).
+inline bool runs_amx_tiles(Isa isa, ValueType values, ActType act, int64_t batch) {
+  return isa == Isa::amx && values == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
+}
+
 // Dense activations and output.
 //   x    [batch x cols] of act_type, row b starts b * x_row_stride elements in, columns
 //        contiguous.

@@ -49,7 +49,7 @@ struct Nm24Family {
   }
   // Whether a call of the amx variant multiplies on tiles.
   static bool runs_tiles(Isa isa, const Nm24Matrix& w, ActType act, int64_t batch) {
-    return isa == Isa::amx && w.value_type == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
+    return runs_amx_tiles(isa, w.value_type, act, batch);
   }
   // Whether a call would run the rows-in-lanes kernel (nm24_linear_bf16_lanes.h), given
   // Nm24Matrix::lanes: the owner of the matrix builds that copy when this first says so.
