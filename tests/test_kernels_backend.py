@@ -98,14 +98,14 @@ def planner_on(monkeypatch):
 
 def test_planner_names_avx512bf16_only_where_it_reads_bf16(planner_on):
     """Per call, by format, batch and activation dtype: 2:4 with bf16 activations runs the
-    native bf16 kernels at every batch, CSR from batch 2, bitmap from the bucket that holds
-    batch 5 (5-16); every other call names avx512, whose code it runs."""
+    native bf16 kernels at every batch, and so does bitmap, CSR from batch 2; every other call
+    names avx512, whose code it runs."""
     planner = planner_on("avx512bf16")
     names = sparsekern._backend.CPU_ISAS
     for batch in (1, 2, 16, 31, 32, 256, 1000):
         assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == "avx512bf16"
         assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
-        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("avx512" if batch <= 4 else "avx512bf16")
+        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == "avx512bf16"
         for fmt in ("2:4", "csr", "bitmap"):
             assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"
 
@@ -118,8 +118,7 @@ def test_planner_names_amx_only_where_it_multiplies_on_tiles(planner_on):
     for batch in (1, 2, 16, 17, 32, 256, 1000):
         tiles = batch > 16
         assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == ("amx" if tiles else "avx512bf16")
-        bitmap_below = "avx512" if batch <= 4 else "avx512bf16"
-        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("amx" if tiles else bitmap_below)
+        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("amx" if tiles else "avx512bf16")
         assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
         for fmt in ("2:4", "csr", "bitmap"):
             assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"

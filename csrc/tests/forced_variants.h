@@ -2,8 +2,8 @@
 // - the tile kernels (amx_linear.h) on emulated tiles (amx_tiles_emulated.h): what the amx
 //   variant feeds its tiles is checked on every CPU that has the AVX-512 parts those kernels
 //   use, AMX or not;
-// - bitmap's native bf16 path with the table expansion (bitmap_linear_bf16.h), which the
-//   dispatch takes only on CPUs without VBMI2.
+// - bitmap's native bf16 paths (direct and tiled) with the table expansion
+//   (bitmap_linear_bf16.h), which the dispatch takes only on CPUs without VBMI2.
 // forced_variants.cpp is compiled with the amx variant's flags; this header is plain C++.
 #pragma once
 

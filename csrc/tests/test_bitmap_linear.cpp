@@ -98,7 +98,7 @@ int main() {
             run_case({s[0], s[1], batch, density, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
             ++cases;
           }
-  // Non-default tiles (decode list, pack column block, the bf16 expansion's chunk): batched
+  // Non-default tiles (decode list, pack column block): batched
   // calls only, where they are read; bf16 values with bf16 activations take the native path.
   for (const TileParams& tiles : extra_tile_sets()) {
     tiles_under_test = tiles;
@@ -117,8 +117,8 @@ int main() {
   // on emulated tiles (rows around its 32-row steps, cols around its 32-column tiles, a
   // 4097-column row across its 1024-column chunks, batches around its 16-row A tiles and their
   // pairs; the hardware variant runs above, among the runnable ISAs, where the CPU has AMX),
-  // and the native bf16 path's table expansion (bitmap_linear_bf16.h), which the dispatch takes
-  // only without VBMI2.
+  // and the native bf16 paths' table expansion (bitmap_linear_bf16.h, direct below 5 rows and
+  // tiled from there), which the dispatch takes only without VBMI2.
   const struct {
     Forced variant;
     bool runs;

@@ -42,7 +42,7 @@ struct BitmapFamily {
   template <Isa isa>
   static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, bitmap_linear_bf16.h) when the values
-  // are bf16 too and the batch is kBf16From or more; every other case is widened by the dispatch.
+  // are bf16 too, at every batch (kBf16From); every other case is widened by the dispatch.
   // amx reads them there too: on tiles from kAmxFrom rows (amx_linear.h), below that with
   // avx512bf16's code.
   static bool reads_bf16(Isa isa, const BitmapMatrix& w, int64_t batch) {
@@ -52,12 +52,9 @@ struct BitmapFamily {
   static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
     return runs_amx_tiles(isa, w.value_type, act, batch);
   }
-  // Below 5 the fp32 path's direct kernel, x widened, beat the native one; from 5 the native
-  // one won (4096 x 4096, 2 threads, Zen 5, against dense bf16, native / widened: 50%
-  // 0.61-0.68x / 0.90-1.01x at batch 2, 0.72x / 0.83-0.87x at 4, 0.68-0.69x / 0.55-0.62x at
-  // 5, 0.67-0.73x / 0.54-0.61x at 6, 0.71-0.86x / 0.36-0.40x at 8; 70% 0.65-0.68x /
-  // 1.12-1.23x at 2, 0.69-0.75x / 0.93-1.00x at 4, 0.70-0.74x / 0.69-0.73x at 5).
-  static constexpr int64_t kBf16From = 5;
+  // Native from batch 1: below 5 rows its direct path (bitmap_linear_bf16_direct.h) ran
+  // 1.4-1.8x faster than the fp32 direct path on widened x (Zen 5, 4096 x 4096, 2 threads).
+  static constexpr int64_t kBf16From = 1;
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.

@@ -1,5 +1,5 @@
 // The Bitmap family's avx512bf16 variant (flags: isa_table.h). bf16 values with bf16
-// activations from BitmapFamily::kBf16From rows run natively (bitmap_linear_bf16.h;
+// activations run natively at every batch (bitmap_linear_bf16.h;
 // BitmapFamily::reads_bf16 lets them through the dispatch unwidened); everything else is the
 // avx512 code as it is, which a CPU with AVX512-BF16 can always run.
 #include "bitmap_linear.h"
@@ -9,7 +9,7 @@ namespace sparsekern::cpu {
 
 template <>
 void BitmapFamily::run<Isa::avx512bf16>(const BitmapMatrix& w, const DenseArgs& a) {
-  if (a.act_type == ActType::bf16 && reads_bf16(Isa::avx512bf16, w, a.batch)) return bitmapbf16::batched(w, a);
+  if (a.act_type == ActType::bf16 && reads_bf16(Isa::avx512bf16, w, a.batch)) return bitmapbf16::linear(w, a);
   run<Isa::avx512>(w, a);
 }
 

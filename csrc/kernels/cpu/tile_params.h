@@ -32,8 +32,7 @@ struct TileParams {
   // the tile rows being written (columns x up to 64 floats) stay within about 1/3 of L1d.
   int64_t pack_col_block = 64;
   // Columns whose set bits the bitmap batched path decodes per pass: the list (4 bytes per
-  // column at most) stays within about 1/12 of L1d beside the activation tile's lines. The
-  // native bf16 path expands a quarter of it per pass (bitmap_linear_bf16.h).
+  // column at most) stays within about 1/12 of L1d beside the activation tile's lines.
   int64_t bitmap_decode_cols = 1024;
   // Not a cache tile but a variant choice the tuner may change: 2:4 batches from 4 up to this
   // (at most 8, one register tile) decode into registers instead of the workspace
