@@ -14,6 +14,7 @@
 
 Choices are cached, keyed by everything they depend on; format and tile choices also on disk.
 """
+import hashlib
 import json
 import os
 import platform
@@ -165,6 +166,17 @@ def cpu_model() -> str:
 
 
 @lru_cache(maxsize=1)
+def kernels_build() -> str:
+    """An identity of the compiled kernels (a digest of the extension module's file), part of
+    every cached choice's key: a rebuilt or upgraded sparsekern measures again instead of
+    trusting choices its previous kernels earned."""
+    try:
+        return hashlib.sha256(Path(_backend._C.__file__).read_bytes()).hexdigest()[:16]
+    except (OSError, AttributeError, TypeError):
+        return "unknown"
+
+
+@lru_cache(maxsize=1)
 def cache_sizes() -> Dict[str, int]:
     """Bytes of this CPU's data caches per level ('L1d', 'L2' per core, 'L3' as cpu0's share;
     0 where neither /sys/devices/system/cpu/cpu0/cache nor CPUID says), as the kernels read
@@ -179,17 +191,18 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     size in `batch_sizes`, on this machine, with this layer's shape, sparsity and dtypes, if it
     beat dense by WIN_MARGIN everywhere; else 'dense'. Only formats that can hold the mask
     are candidates. Choices persist on disk (cache_path()), keyed by the machine (CPU model,
-    ISA, threads, or GPU), shape, sparsity, dtypes, batch sizes and candidates, so the same
+    ISA, threads, or GPU), the kernels' build (kernels_build()), shape, sparsity, dtypes, batch sizes and candidates, so the same
     layer gets the same choice on the same machine."""
     out_features, in_features = weight.shape
     nnz = int(mask.sum())
     sparsity = 1 - nnz / max(1, weight.numel())
     device = weight.device
     if device.type == "cpu":
-        formats, machine = tuple(PACKED_FORMATS), (cpu_model(), _backend.cpu_isa(), torch.get_num_threads())
+        formats, machine = tuple(PACKED_FORMATS), (cpu_model(), _backend.cpu_isa(), torch.get_num_threads(),
+                                                   kernels_build())
     elif device.type == "cuda" and _backend._C.with_cuda:
         from . import ops_cuda
-        formats, machine = ops_cuda.CUDA_FORMATS, (torch.cuda.get_device_name(device),)
+        formats, machine = ops_cuda.CUDA_FORMATS, (torch.cuda.get_device_name(device), kernels_build())
     else:
         return "dense", f"no sparse kernels for {device.type}"
     candidates = tuple(name for name in formats if PACKED_FORMATS[name].incompatible(mask) is None)
@@ -285,8 +298,8 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
 # times a few alternatives against those defaults, each paired with the default kernel alone
 # (timing.paired_ratios), and keeps one only if it won every round by TUNE_MARGIN at every
 # tuned batch size and a second measurement agrees: a tie keeps the defaults. Choices persist
-# on disk beside the format choices, keyed by CPU model, ISA, threads, format, shape, sparsity,
-# value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off (the derived defaults,
+# on disk beside the format choices, keyed by CPU model, ISA, threads, the kernels' build,
+# format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off (the derived defaults,
 # deterministic); the test suites set it.
 
 TUNE_ENV = "SPARSEKERN_TUNE"
@@ -395,8 +408,9 @@ def choose_tiles(format: str, tensors, in_features: int, out_features: int, spar
                   if any(_tiles_matter(format, default, tiles, b) for b in tiled)}
     if not candidates or not tiled:
         return None, ""
-    key = json.dumps([cpu_model(), _backend.cpu_isa(), torch.get_num_threads(), format, out_features, in_features,
-                      round(sparsity, 2), str(tensors.values.dtype), [batch_bucket(b) for b in tiled], default])
+    key = json.dumps([cpu_model(), _backend.cpu_isa(), torch.get_num_threads(), kernels_build(), format,
+                      out_features, in_features, round(sparsity, 2), str(tensors.values.dtype),
+                      [batch_bucket(b) for b in tiled], default])
     _load_tile_disk_cache()
     if key not in _tile_cache:
         fmt = formats[format]

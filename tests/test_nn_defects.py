@@ -122,6 +122,19 @@ def test_auto_choice_persists_on_disk(monkeypatch):
     assert sk.summary(second).plan == sk.summary(first).plan
 
 
+def test_other_kernels_do_not_reuse_a_saved_choice(monkeypatch):
+    """A choice saved by other kernels (an upgrade, a rebuild) is measured again."""
+    monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([4.0] * 9)))
+    first = sk.sparsify(pruned_mlp(), format="auto", progress=False)
+    assert set(sk.summary(first).plan.values()) == {"csr"}
+    monkeypatch.setattr(planner, "_format_cache", {})
+    monkeypatch.setattr(planner, "_disk_loaded", False)
+    monkeypatch.setattr(planner, "kernels_build", lambda: "another build")
+    monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([0.5] * 9)))
+    second = sk.sparsify(pruned_mlp(), format="auto", progress=False)
+    assert set(sk.summary(second).plan.values()) == {"dense"}
+
+
 def test_plan_pins_choices_without_timing(monkeypatch):
     monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([4.0] * 9)))
     model = sk.sparsify(pruned_mlp(), format="auto", progress=False)
