@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import sparsekern
+from sparsekern import ops
+from sparsekern.formats import PACKED_FORMATS
 
-from conftest import run_python
+from conftest import assert_matches_reference, mask_24, random_sparse_weight, run_python
 
 
 def isa_in_subprocess(value, tmp_path):
@@ -122,3 +124,26 @@ def test_planner_names_amx_only_where_it_multiplies_on_tiles(planner_on):
         assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
         for fmt in ("2:4", "csr", "bitmap"):
             assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bitmap", "2:4"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("value_dtype", [torch.float32, torch.bfloat16])
+def test_a_strided_x_is_read_only_within_its_columns(isa, fmt, x_dtype, value_dtype):
+    """x is a view of the first columns of a wider tensor whose other columns are NaN (what a
+    slice of a larger activation can hold): a kernel that read past in_features, even to
+    multiply by a zero weight, would return NaN. Batches around each path's switch points."""
+    out_features, in_features = 37, 100  # whole 2:4 groups; the last 32-column word partial
+    g = torch.Generator().manual_seed(1)
+    weight, mask = random_sparse_weight(out_features, in_features, 0.5, generator=g)
+    if fmt == "2:4":
+        mask = mask_24(out_features, in_features, g)
+        weight = weight.abs().add(1) * mask
+    weight = weight.to(value_dtype)
+    packed = PACKED_FORMATS[fmt].pack(weight, mask)
+    for batch in (1, 2, 4, 5, 8, 16, 17, 33):
+        wide = torch.full((batch, in_features + 28), float("nan"), dtype=x_dtype)
+        wide[:, :in_features] = torch.randn(batch, in_features, generator=g)
+        x = wide[:, :in_features]
+        y = ops.linear_eager(fmt, x, packed, None, in_features, out_features, isa=isa)
+        assert_matches_reference(y, x, weight)
