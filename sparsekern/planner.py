@@ -191,8 +191,9 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     size in `batch_sizes`, on this machine, with this layer's shape, sparsity and dtypes, if it
     beat dense by WIN_MARGIN everywhere; else 'dense'. Only formats that can hold the mask
     are candidates. Choices persist on disk (cache_path()), keyed by the machine (CPU model,
-    ISA, threads, or GPU), the kernels' build (kernels_build()), shape, sparsity, dtypes, batch sizes and candidates, so the same
-    layer gets the same choice on the same machine."""
+    ISA, threads, or GPU), the kernels' build (kernels_build()), shape, sparsity, dtypes,
+    batch sizes and candidates, so the same layer gets the same choice on the same machine
+    with the same kernels."""
     out_features, in_features = weight.shape
     nnz = int(mask.sum())
     sparsity = 1 - nnz / max(1, weight.numel())

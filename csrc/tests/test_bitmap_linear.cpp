@@ -98,8 +98,8 @@ int main() {
             run_case({s[0], s[1], batch, density, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
             ++cases;
           }
-  // Non-default tiles (decode list, pack column block): batched
-  // calls only, where they are read; bf16 values with bf16 activations take the native path.
+  // Non-default tiles (decode list, pack column block): batched calls only, where they are
+  // read; bf16 values with bf16 activations take the native path, which reads none of them.
   for (const TileParams& tiles : extra_tile_sets()) {
     tiles_under_test = tiles;
     for (Isa isa : runnable_isas())

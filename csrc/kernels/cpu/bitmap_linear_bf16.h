@@ -8,8 +8,8 @@
 // One vdpbf16ps takes a broadcast weight pair (W[r][2p], W[r][2p + 1]) and a tile row: both
 // products for 16 batch rows. The kRows x T accumulators (T tiles of 16 batch rows) stay in
 // registers over a whole row block, and each word's expansion sits in the same loop as its
-// products, so the two overlap. Each tile load serves kRows / T rows and each weight pair T
-// tiles; W streams once per T tiles.
+// products. Each tile load serves kRows / T rows and each weight pair T tiles; W streams once
+// per T tiles.
 //
 // Why multiply the zeros: skipping them one by one costs, per nonzero, placing its activation
 // (a shuffle or a gather) beside one multiply. The pairing of arbitrary nonzeros that this
@@ -18,9 +18,10 @@
 // to whole column pairs, decoded in registers, measured no faster. This path reads W
 // compressed (1/8 + density / 2 bytes per weight, against dense's 2) and does dense's
 // arithmetic plus the expansion. Expanding 256 columns of 24 rows first and multiplying them
-// after (the previous version of this file) ran 1.1-1.5x slower at batch 8-16 and 1.0-1.1x
-// at 32-64 on Zen 5 (2 threads, 4096 x 4096, 50-70%): the expansion and the products did not
-// overlap.
+// after, with the sums added to memory per block (the previous version of this file), ran
+// 1.1-1.5x slower at batch 8-16 and 1.0-1.1x at 32-64 on Zen 5 (2 threads, 4096 x 4096,
+// 50-70%). The expansion still costs: on one thread with W in L3, at batch 16, the products
+// alone took 9.3 cycles per row and word, the expansion alone 5.9, both 14.2.
 // The expansion of one 32-column word is bitmap_expand_bf16.h's.
 #pragma once
 
