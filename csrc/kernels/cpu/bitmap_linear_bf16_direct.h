@@ -73,8 +73,7 @@ template <typename Expand>
 void direct(const BitmapMatrix& w, const DenseArgs& a) {
   const int parts = useful_threads(w.offsets[w.rows] + w.rows * bitmap_words(w.cols), a.batch, a.num_threads);
   const int64_t tail_start = w.cols / 32 * 32;
-#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
-  for (int part = 0; part < parts; ++part) {
+  run_parts(parts, [&](int part) {
     const int64_t r0 = nnz_balanced_row(w.offsets, w.rows, part, parts);
     const int64_t r1 = nnz_balanced_row(w.offsets, w.rows, part + 1, parts);
     for (int64_t b0 = 0; b0 < a.batch; b0 += kDirectBatch) {
@@ -95,7 +94,7 @@ void direct(const BitmapMatrix& w, const DenseArgs& a) {
         }
       }
     }
-  }
+  });
 }
 
 }  // namespace
