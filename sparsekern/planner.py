@@ -300,8 +300,8 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
 # (timing.paired_ratios), and keeps one only if it won every round by TUNE_MARGIN at every
 # tuned batch size and a second measurement agrees: a tie keeps the defaults. Choices persist
 # on disk beside the format choices, keyed by CPU model, ISA, threads, the kernels' build,
-# format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off (the derived defaults,
-# deterministic); the test suites set it.
+# format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off
+# (the derived defaults, deterministic); the test suites set it.
 
 TUNE_ENV = "SPARSEKERN_TUNE"
 TUNE_MARGIN = 1.05
@@ -335,8 +335,8 @@ def tile_candidates(format: str, default: Dict[str, int]) -> Dict[str, Dict[str,
     """Named alternatives to the default tiles that could win for this format: the 2:4 block
     halved or doubled in rows and columns (L2 share) and 2:4's register path for batches 4-8
     (a variant: it won up to 1.4x on large layers and lost up to 3x on a 3072 x 768 one on Zen
-    5, so it is a per-layer choice); the bitmap decode list halved or doubled (L1 share; the bf16
-    path's expansion chunk follows it).
+    5, so it is a per-layer choice); the bitmap decode list halved or doubled (L1 share; bitmap's
+    native bf16 paths read no tiles).
     CSR's only tile (the pack column block) has not been seen to matter."""
     def with_(**changes):
         return {**default, **changes}
