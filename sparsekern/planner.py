@@ -353,6 +353,14 @@ def tile_candidates(format: str, default: Dict[str, int]) -> Dict[str, Dict[str,
     return {}
 
 
+def _reads_tiles(format: str, batch: int, act_dtype: torch.dtype, value_dtype: torch.dtype) -> bool:
+    """Whether a call reads the cache tiles at all: the native bf16 kernels (bf16 activations
+    and values, where kernel_isa names avx512bf16 or amx) read none, so a bf16 model's layers
+    have nothing to tune there."""
+    native = _backend.CPU_ISAS[kernel_isa(format, batch, act_dtype)] in ("avx512bf16", "amx")
+    return not (native and value_dtype == torch.bfloat16)
+
+
 def _tiles_matter(format: str, default: Dict[str, int], tiles: Dict[str, int], batch: int) -> bool:
     """Whether a call at `batch` runs differently with `tiles` than with `default`: the 2:4
     register path serves batches up to nm24_register_batch_max, the blocks the rest."""
@@ -395,22 +403,25 @@ def _save_tile_choice(key: str) -> None:
 
 
 def choose_tiles(format: str, tensors, in_features: int, out_features: int, sparsity: float,
-                 batch_sizes: Sequence[int]) -> Tuple[Optional[Dict[str, int]], str]:
-    """(tiles or None for this CPU's defaults, note) for a packed CPU layer, as described above.
-    `tensors`: the format's packed, contiguous CPU tensors with kernel dtypes."""
+                 batch_sizes: Sequence[int], act_dtype: torch.dtype = torch.float32
+                 ) -> Tuple[Optional[Dict[str, int]], str]:
+    """(tiles or None for this CPU's defaults, note) for a packed CPU layer, as described above,
+    timed with activations of `act_dtype` (the model's). `tensors`: the format's packed,
+    contiguous CPU tensors with kernel dtypes."""
     from .formats import PACKED_FORMATS as formats
 
     default = _backend._C.tile_params().as_dict()
     candidates = tile_candidates(format, default)
     # One batch size per bucket (the first asked for): the choice is cached per bucket.
     tiled = sorted({batch_bucket(b): b for b in sorted(batch_sizes, reverse=True)
-                    if b >= TILED_FROM.get(format, 1 << 62)}.values())
+                    if b >= TILED_FROM.get(format, 1 << 62)
+                    and _reads_tiles(format, b, act_dtype, tensors.values.dtype)}.values())
     candidates = {name: tiles for name, tiles in candidates.items()
                   if any(_tiles_matter(format, default, tiles, b) for b in tiled)}
     if not candidates or not tiled:
         return None, ""
     key = json.dumps([cpu_model(), _backend.cpu_isa(), torch.get_num_threads(), kernels_build(), format,
-                      out_features, in_features, round(sparsity, 2), str(tensors.values.dtype),
+                      out_features, in_features, round(sparsity, 2), str(tensors.values.dtype), str(act_dtype),
                       [batch_bucket(b) for b in tiled], default])
     _load_tile_disk_cache()
     if key not in _tile_cache:
@@ -418,30 +429,31 @@ def choose_tiles(format: str, tensors, in_features: int, out_features: int, spar
         kernels = {name: fmt.kernel(tensors, in_features, out_features) for name in ("default", *candidates)}
         for name, tiles in candidates.items():
             apply_tiles(kernels[name], tiles)
-        winner, note = _measure_tiles(format, kernels, candidates, in_features, out_features, tiled)
+        winner, note = _measure_tiles(format, kernels, candidates, in_features, out_features, tiled, act_dtype)
         _tile_cache[key] = (candidates[winner] if winner else None, note)
         _save_tile_choice(key)
     return _tile_cache[key]
 
 
-def _tile_ratios(format, kernels, name, in_features, out_features, batch, rounds) -> List[float]:
+def _tile_ratios(format, kernels, name, in_features, out_features, batch, rounds, act_dtype) -> List[float]:
     """Per-round ratios (default time / candidate time) at one batch size, paired."""
     from .ops import run_kernel
-    x = torch.randn(batch, in_features)
+    x = torch.randn(batch, in_features, dtype=act_dtype)
     return timing.paired_ratios(
         lambda: run_kernel(format, kernels["default"], x, None, in_features, out_features),
         lambda: run_kernel(format, kernels[name], x, None, in_features, out_features),
         rounds=rounds, round_seconds=TUNE_ROUND_SECONDS)
 
 
-def _affordable_rounds(format, kernel, in_features, out_features, batches, candidates: int) -> Tuple[int, float]:
+def _affordable_rounds(format, kernel, in_features, out_features, batches, candidates: int,
+                       act_dtype) -> Tuple[int, float]:
     """(rounds, seconds of the slowest call): the rounds (at most TUNE_ROUNDS) that every
     candidate and the recheck fit in TUNE_BUDGET_S, each round timing at least one call of
     each side of a pair, plus two warm-up calls each."""
     from .ops import run_kernel
     seconds = 0.0
     for batch in batches:
-        x = torch.randn(batch, in_features)
+        x = torch.randn(batch, in_features, dtype=act_dtype)
         run_kernel(format, kernel, x, None, in_features, out_features)
         call = float("inf")
         for _ in range(2):  # the faster of two: one call may be preempted
@@ -454,13 +466,14 @@ def _affordable_rounds(format, kernel, in_features, out_features, batches, candi
     return min(TUNE_ROUNDS, rounds), seconds / 2
 
 
-def _measure_tiles(format, kernels, candidates, in_features, out_features, batches) -> Tuple[Optional[str], str]:
+def _measure_tiles(format, kernels, candidates, in_features, out_features, batches,
+                   act_dtype) -> Tuple[Optional[str], str]:
     """(winning candidate or None, note): a candidate wins when its worst round beats the
     defaults by TUNE_MARGIN at every batch it changes, twice in a row; the best such worst
     round wins."""
     with torch.no_grad():
         rounds, call = _affordable_rounds(format, kernels["default"], in_features, out_features, batches,
-                                          len(candidates))
+                                          len(candidates), act_dtype)
         if rounds < MIN_TUNE_ROUNDS:
             return None, f"default tiles (not tuned: calls take {call * 1e3:.1f} ms, over the {TUNE_BUDGET_S} s budget)"
         default = _backend._C.tile_params().as_dict()
@@ -468,12 +481,12 @@ def _measure_tiles(format, kernels, candidates, in_features, out_features, batch
                     for name in candidates}
         worst = {}
         for name in candidates:
-            worst[name] = min(min(_tile_ratios(format, kernels, name, in_features, out_features, b, rounds))
-                              for b in affected[name])
+            worst[name] = min(min(_tile_ratios(format, kernels, name, in_features, out_features, b, rounds,
+                                               act_dtype)) for b in affected[name])
         ranked = sorted(candidates, key=worst.get, reverse=True)
         best = ranked[0]
         if worst[best] >= TUNE_MARGIN:
-            recheck = min(min(_tile_ratios(format, kernels, best, in_features, out_features, b, rounds))
+            recheck = min(min(_tile_ratios(format, kernels, best, in_features, out_features, b, rounds, act_dtype))
                           for b in affected[best])
             if recheck >= TUNE_MARGIN:
                 return best, f"{best}: >= {min(worst[best], recheck):.2f}x over default tiles at batch " + \

@@ -109,22 +109,29 @@ class SparseLinear(nn.Module):
                 layer.bias.copy_(linear.bias.detach())
         layer.choice_note = note
         if format in PACKED_FORMATS and planner.tuning_enabled():
-            layer.tune(batch_sizes)
+            layer.tune(batch_sizes, act_dtype=weight.dtype)
         return layer
 
-    def tune(self, batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES) -> None:
-        """Times cache-tile alternatives for this layer's batched CPU calls at `batch_sizes`
-        and keeps one only where it clearly beats this CPU's defaults (planner.choose_tiles);
-        from_dense and sparsify do this unless SPARSEKERN_TUNE=0. A no-op for layers the CPU
-        kernels do not run (dense, other devices, float16 values)."""
+    def tune(self, batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES,
+             act_dtype: Optional[torch.dtype] = None) -> None:
+        """Times cache-tile alternatives for this layer's batched CPU calls at `batch_sizes`,
+        with activations of `act_dtype` (None: the bias's dtype, else the values'), and keeps
+        one only where it clearly beats this CPU's defaults (planner.choose_tiles); from_dense
+        and sparsify do this, in the source Linear's dtype, unless SPARSEKERN_TUNE=0. A no-op
+        for layers the CPU kernels do not run (dense, other devices, float16 values), and for
+        calls that read no tiles (the native bf16 kernels)."""
         if self.format not in PACKED_FORMATS:
             return
         packed = self.packed()
         if not (packed.values.is_cpu and packed.values.dtype in KERNEL_VALUE_TYPES):
             return
         packed = PACKED_FORMATS[self.format].layout(*(t.detach().contiguous() for t in packed))
+        if act_dtype is None:
+            act_dtype = (self.bias if self.bias is not None else packed.values).dtype
+        if act_dtype not in (torch.float32, torch.bfloat16):
+            act_dtype = torch.float32  # float16 activations are widened to float32 before the kernels
         self.tile_choice, self.tuning_note = planner.choose_tiles(
-            self.format, packed, self.in_features, self.out_features, self.sparsity, batch_sizes)
+            self.format, packed, self.in_features, self.out_features, self.sparsity, batch_sizes, act_dtype)
         self._handle = None  # the next call builds its kernel with the choice
 
     def _set_packed(self, tensors: tuple) -> None:

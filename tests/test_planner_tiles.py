@@ -172,3 +172,41 @@ def test_layers_and_rows_from_before_tuning_still_load():
     assert "2:4" in str(sk.summary(nn.Sequential(old)))
     row = LayerRow("a", "csr", 2, 3, 0.5, 10, 24, "note")  # the 8 fields of an old row
     assert row.tuning == "" and pickle.loads(pickle.dumps(row)) == row
+
+
+@pytest.fixture
+def best_isa(monkeypatch):
+    """The planner as it would run with another best ISA (its naming is pure Python); its
+    caches are emptied before and after."""
+    def use(isa):
+        monkeypatch.setattr(planner._backend, "cpu_isa", lambda: isa)
+        planner._isa_for.cache_clear()
+        planner.kernel_isa.cache_clear()
+    yield use
+    planner._isa_for.cache_clear()
+    planner.kernel_isa.cache_clear()
+
+
+@pytest.mark.parametrize("isa, tuned", [("avx512bf16", False), ("avx512", True)])
+def test_a_bf16_layer_is_tuned_in_bf16_where_its_calls_read_tiles(tuning, monkeypatch, best_isa, isa, tuned):
+    """A bf16 model's layer is tuned with bf16 activations; where the ISA has native bf16
+    kernels for its format (they read no tiles), nothing is timed."""
+    best_isa(isa)
+    calls = fake_ratios(monkeypatch, [[0.9] * 5] * 8)
+    dtypes = []
+    run_kernel = sk.ops.run_kernel
+
+    def recording(format, kernel, x, *args):
+        dtypes.append(x.dtype)
+        return run_kernel(format, kernel, x, *args)
+    monkeypatch.setattr(sk.ops, "run_kernel", recording)
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 64).to(torch.bfloat16)
+    mask = torch.rand(64, 256) < 0.5
+    layer = sk.SparseLinear.from_dense(linear, mask=mask, format="bitmap", batch_sizes=(1, 64))
+    assert layer.tile_choice is None
+    if tuned:
+        assert len(calls) == 2 and set(dtypes) == {torch.bfloat16}  # two candidates at batch 64
+        assert layer.tuning_note.startswith("default tiles")
+    else:
+        assert calls == [] and dtypes == [] and layer.tuning_note == ""
