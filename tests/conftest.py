@@ -93,6 +93,22 @@ def isolated_format_choices(tmp_path, monkeypatch):
     monkeypatch.setattr(planner, "_disk_loaded", False)
 
 
+@pytest.fixture
+def planner_on(monkeypatch):
+    """The planner as it would run with another best ISA (its naming is pure Python, so every
+    machine can check it); its caches are emptied before and after."""
+    from sparsekern import planner
+
+    def use(isa):
+        monkeypatch.setattr(planner._backend, "cpu_isa", lambda: isa)
+        planner._isa_for.cache_clear()
+        planner.kernel_isa.cache_clear()
+        return planner
+    yield use
+    planner._isa_for.cache_clear()
+    planner.kernel_isa.cache_clear()
+
+
 @pytest.fixture(params=ALL_ISAS)
 def isa(request):
     """Every CPU kernel variant, skipped where this CPU lacks it."""

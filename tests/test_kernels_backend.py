@@ -82,21 +82,6 @@ def test_isa_table_reaches_python():
     assert sparsekern._backend.CPU_ISAS[0] == "scalar"
     assert set(sparsekern._backend.cpu_features()) >= {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
 
-@pytest.fixture
-def planner_on(monkeypatch):
-    """The planner as it would run with another best ISA (its naming is pure Python, so every
-    machine can check it); its caches are emptied before and after."""
-    from sparsekern import planner
-
-    def use(isa):
-        monkeypatch.setattr(planner._backend, "cpu_isa", lambda: isa)
-        planner._isa_for.cache_clear()
-        planner.kernel_isa.cache_clear()
-        return planner
-    yield use
-    planner._isa_for.cache_clear()
-    planner.kernel_isa.cache_clear()
-
 
 def test_planner_names_avx512bf16_only_where_it_reads_bf16(planner_on):
     """Per call, by format, batch and activation dtype: 2:4 with bf16 activations runs the

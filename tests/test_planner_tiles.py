@@ -174,24 +174,11 @@ def test_layers_and_rows_from_before_tuning_still_load():
     assert row.tuning == "" and pickle.loads(pickle.dumps(row)) == row
 
 
-@pytest.fixture
-def best_isa(monkeypatch):
-    """The planner as it would run with another best ISA (its naming is pure Python); its
-    caches are emptied before and after."""
-    def use(isa):
-        monkeypatch.setattr(planner._backend, "cpu_isa", lambda: isa)
-        planner._isa_for.cache_clear()
-        planner.kernel_isa.cache_clear()
-    yield use
-    planner._isa_for.cache_clear()
-    planner.kernel_isa.cache_clear()
-
-
 @pytest.mark.parametrize("isa, tuned", [("avx512bf16", False), ("avx512", True)])
-def test_a_bf16_layer_is_tuned_in_bf16_where_its_calls_read_tiles(tuning, monkeypatch, best_isa, isa, tuned):
+def test_a_bf16_layer_is_tuned_in_bf16_where_its_calls_read_tiles(tuning, monkeypatch, planner_on, isa, tuned):
     """A bf16 model's layer is tuned with bf16 activations; where the ISA has native bf16
     kernels for its format (they read no tiles), nothing is timed."""
-    best_isa(isa)
+    planner_on(isa)
     calls = fake_ratios(monkeypatch, [[0.9] * 5] * 8)
     dtypes = []
     run_kernel = sk.ops.run_kernel
