@@ -84,7 +84,7 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(1234);
-  const int64_t batches[] = {0, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 32, 33, 64, 70};
+  const int64_t batches[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 70};
   const int64_t shapes[][2] = {{1, 1}, {3, 15}, {9, 17}, {5, 31}, {13, 33}, {64, 64}, {7, 0}, {6, 4097}};
   const double densities[] = {0.0, 0.3, 0.7, 1.0};
   int cases = 0;

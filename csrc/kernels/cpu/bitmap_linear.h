@@ -52,8 +52,10 @@ struct BitmapFamily {
   static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
     return runs_amx_tiles(isa, w.value_type, act, batch);
   }
-  // Native from batch 1: below 5 rows its direct path (bitmap_linear_bf16_direct.h) ran
-  // 1.4-1.8x faster than the fp32 direct path on widened x (Zen 5, 4096 x 4096, 2 threads).
+  // Native from batch 1: the direct path that first did batch 1-4 natively (one row of W and
+  // up to 4 of x per pass) ran 1.4-1.8x faster than the fp32 direct path on widened x, and its
+  // successor (bitmap_linear_bf16_grouped.h) is faster still from batch 2 (Zen 5, 4096 x 4096,
+  // 2 threads).
   static constexpr int64_t kBf16From = 1;
 };
 

@@ -1,6 +1,7 @@
 // Bitmap with bf16 values and bf16 activations, read natively with vdpbf16ps at every batch:
-// below kTilesFrom rows of x the direct path (bitmap_linear_bf16_direct.h), from there this
-// file's. Included only by bitmap_linear_avx512bf16.cpp (and the tests' forced variants).
+// up to kGroupedUpTo rows of x the grouped path (bitmap_linear_bf16_grouped.h), above that this
+// file's tiled path. Included only by bitmap_linear_avx512bf16.cpp (and the tests' forced
+// variants).
 //
 // Rows of W are expanded, kRows rows by one 32-column word at a time, into dense bf16 in L1
 // (zeros included), and a dense micro-kernel multiplies them with x, kept as pair tiles: tile
@@ -34,7 +35,7 @@
 #include "bf16.h"
 #include "bitmap_expand_bf16.h"
 #include "bitmap_linear.h"
-#include "bitmap_linear_bf16_direct.h"
+#include "bitmap_linear_bf16_grouped.h"
 #include "cpu_features.h"
 #include "simd_avx512.h"
 #include "work_split.h"
@@ -42,10 +43,11 @@
 namespace sparsekern::cpu::bitmapbf16 {
 namespace {
 
-// Below this batch the direct path, which needs no copy of x and streams W once per 4 rows of
-// x, won; from here the tiles did (Zen 5, 4096 x 4096, 2 threads, W from DRAM; tiles / direct:
-// 1.4-2.0x the time at batch 4, 0.9-1.1x at 5, 0.8-1.0x at 8).
-constexpr int64_t kTilesFrom = 5;
+// Up to this batch the grouped path won (Zen 5, 4096 x 4096, 2 threads, W in L3, 50-70%;
+// tiled / grouped: 2.0-2.4x the time at batch 5-8, 1.0-1.3x at 9-16). From 17 the tiles share
+// each weight broadcast among two or more tiles, where the grouped path would stream W a third
+// time.
+constexpr int64_t kGroupedUpTo = 16;
 constexpr int kRows = 24;          // the micro-kernel's accumulators: kRows / T rows x T tiles
 constexpr int64_t kTileRows = 16;  // batch rows per tile
 constexpr int kMaxTiles = 4;       // tiles per pass over W (T)
@@ -151,7 +153,7 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
 // Floats of a thread's part of the workspace: its two words' expanded rows and its sums.
 constexpr int64_t kPartFloats = 2 * kRows * 16 + kRows * kTileRows;
 
-// The product from kTilesFrom rows: threads pack x together, then take rows by nonzeros and
+// The product above kGroupedUpTo rows: threads pack x together, then take rows by nonzeros and
 // stream them once per kMaxTiles tiles (the last group with the tiles left).
 template <typename Expand>
 void tiled(const BitmapMatrix& w, const DenseArgs& a) {
@@ -182,7 +184,7 @@ void tiled(const BitmapMatrix& w, const DenseArgs& a) {
 
 template <typename Expand>
 void product(const BitmapMatrix& w, const DenseArgs& a) {
-  if (a.batch < kTilesFrom) direct<Expand>(w, a);
+  if (a.batch <= kGroupedUpTo) grouped<Expand>(w, a);
   else tiled<Expand>(w, a);
 }
 
@@ -193,7 +195,7 @@ inline void linear(const BitmapMatrix& w, const DenseArgs& a) {
 }
 
 inline int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads) {
-  if (batch < kTilesFrom) return 0;
+  if (batch <= kGroupedUpTo) return grouped_workspace_floats(w, batch);
   return tiles_of(batch) * padded_pairs(w.cols) * kTileRows + std::max(num_threads, 1) * kPartFloats;
 }
 
