@@ -117,8 +117,8 @@ int main() {
   // on emulated tiles (rows around its 32-row steps, cols around its 32-column tiles, a
   // 4097-column row across its 1024-column chunks, batches around its 16-row A tiles and their
   // pairs; the hardware variant runs above, among the runnable ISAs, where the CPU has AMX),
-  // and the native bf16 paths' table expansion (bitmap_linear_bf16.h, direct below 5 rows and
-  // tiled from there), which the dispatch takes only without VBMI2.
+  // and the native bf16 paths' table expansion (bitmap_linear_bf16.h: grouped up to 16 rows,
+  // at 16 only below 45% density, tiled above), which the dispatch takes only without VBMI2.
   const struct {
     Forced variant;
     bool runs;

@@ -1,7 +1,7 @@
 // Bitmap with bf16 values and bf16 activations, read natively with vdpbf16ps at every batch:
-// up to kGroupedUpTo rows of x the grouped path (bitmap_linear_bf16_grouped.h), above that this
-// file's tiled path. Included only by bitmap_linear_avx512bf16.cpp (and the tests' forced
-// variants).
+// up to kGroupedUpTo rows of x the grouped path (bitmap_linear_bf16_grouped.h; takes_grouped
+// says where), above that this file's tiled path. Included only by bitmap_linear_avx512bf16.cpp
+// (and the tests' forced variants).
 //
 // Rows of W are expanded, kRows rows by one 32-column word at a time, into dense bf16 in L1
 // (zeros included), and a dense micro-kernel multiplies them with x, kept as pair tiles: tile
@@ -43,11 +43,22 @@
 namespace sparsekern::cpu::bitmapbf16 {
 namespace {
 
-// Up to this batch the grouped path won (Zen 5, 4096 x 4096, 2 threads, W in L3, 50-70%;
-// tiled / grouped: 2.0-2.4x the time at batch 5-8, 1.0-1.3x at 9-16). From 17 the tiles share
+// Up to this batch the grouped path can win (Zen 5, 4096 x 4096, 2 threads, W in L3, 50-70%;
+// tiled / grouped: 2.0-2.4x the time at batch 5-8, 1.0-1.3x at 9-14). From 17 the tiles share
 // each weight broadcast among two or more tiles, where the grouped path would stream W a third
-// time.
+// time (at batch 32 the grouped path took 1.3x the tiled path's time).
 constexpr int64_t kGroupedUpTo = 16;
+// At kGroupedUpTo rows one tile is exactly full and the tiled path streams W once, the grouped
+// path twice; the second pass cost more than the tiles' broadcasts saved where W is dense
+// enough (batch 16, tiled / grouped: 0.90-0.94x the time at 50% density, 0.98-1.01x at 40%,
+// 1.0-1.1x at 30%).
+constexpr double kGroupedFullTileDensity = 0.45;
+
+inline bool takes_grouped(const BitmapMatrix& w, int64_t batch) {
+  if (batch < kGroupedUpTo) return true;
+  const double weights = double(w.rows) * double(w.cols);
+  return batch == kGroupedUpTo && double(w.offsets[w.rows]) < kGroupedFullTileDensity * weights;
+}
 constexpr int kRows = 24;          // the micro-kernel's accumulators: kRows / T rows x T tiles
 constexpr int64_t kTileRows = 16;  // batch rows per tile
 constexpr int kMaxTiles = 4;       // tiles per pass over W (T)
@@ -153,7 +164,7 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
 // Floats of a thread's part of the workspace: its two words' expanded rows and its sums.
 constexpr int64_t kPartFloats = 2 * kRows * 16 + kRows * kTileRows;
 
-// The product above kGroupedUpTo rows: threads pack x together, then take rows by nonzeros and
+// The product where the grouped path is not taken: threads pack x together, then take rows by nonzeros and
 // stream them once per kMaxTiles tiles (the last group with the tiles left).
 template <typename Expand>
 void tiled(const BitmapMatrix& w, const DenseArgs& a) {
@@ -184,7 +195,7 @@ void tiled(const BitmapMatrix& w, const DenseArgs& a) {
 
 template <typename Expand>
 void product(const BitmapMatrix& w, const DenseArgs& a) {
-  if (a.batch <= kGroupedUpTo) grouped<Expand>(w, a);
+  if (takes_grouped(w, a.batch)) grouped<Expand>(w, a);
   else tiled<Expand>(w, a);
 }
 
@@ -195,7 +206,7 @@ inline void linear(const BitmapMatrix& w, const DenseArgs& a) {
 }
 
 inline int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads) {
-  if (batch <= kGroupedUpTo) return grouped_workspace_floats(w, batch);
+  if (takes_grouped(w, batch)) return grouped_workspace_floats(w, batch);
   return tiles_of(batch) * padded_pairs(w.cols) * kTileRows + std::max(num_threads, 1) * kPartFloats;
 }
 
