@@ -52,7 +52,7 @@ def batch_bucket(batch: int) -> int:
 # Where avx512bf16's native bf16 kernels run: formats with bf16 activations (and bf16
 # values), from this batch size on (the C++ families' kBf16From). 2:4 reads bf16 x with
 # vdpbf16ps at every batch (its small-batch and rows-in-lanes paths), and so does bitmap (its
-# direct and tiled paths); CSR from batch 2 (its batched path, measured above avx512's widened
+# grouped and tiled paths); CSR from batch 2 (its batched path, measured above avx512's widened
 # one from there).
 NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 1}
 
