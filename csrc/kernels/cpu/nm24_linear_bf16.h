@@ -106,13 +106,18 @@ void tile(const Nm24Matrix& w, const DenseArgs& a, const Decode& d, int64_t r, i
       for (int64_t o = 0; o < kPrefetchChunks * 64; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(w.meta + n * meta_bytes), _MM_HINT_T0);
     }
+  // Every loop over rows and batch rows unrolled, so that acc, vals and idx stay in registers
+  // (gcc kept them on the stack otherwise, each accumulator stored and reloaded per chunk).
   __m512 acc[NR][NB];
+#pragma GCC unroll 2
   for (int i = 0; i < NR; ++i)
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) acc[i][b] = _mm512_setzero_ps();
   // Chunk c; the masks cover its values and its two halves of x (a short last chunk loads
   // zeros past them: zero values times zero activations, never garbage that could be NaN).
   auto chunk = [&](int64_t c, __mmask32 value_mask, __mmask32 lo_mask, __mmask32 hi_mask, int64_t meta_count) {
     __m512i vals[NR], idx[NR];
+#pragma GCC unroll 2
     for (int i = 0; i < NR; ++i) {
       if (prefetch) {
         _mm_prefetch(reinterpret_cast<const char*>(values + i * half + (c + kPrefetchChunks) * 32), _MM_HINT_T0);
@@ -122,9 +127,11 @@ void tile(const Nm24Matrix& w, const DenseArgs& a, const Decode& d, int64_t r, i
       vals[i] = _mm512_maskz_loadu_epi16(value_mask, values + i * half + c * 32);
       idx[i] = d.positions(read_meta64(meta + i * meta_bytes + c * 8, meta_count));
     }
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) {
       const __m512i x0 = _mm512_maskz_loadu_epi16(lo_mask, x[b] + c * 64);
       const __m512i x1 = _mm512_maskz_loadu_epi16(hi_mask, x[b] + c * 64 + 32);
+#pragma GCC unroll 2
       for (int i = 0; i < NR; ++i) acc[i][b] = dot_pairs(acc[i][b], vals[i], _mm512_permutex2var_epi16(x0, idx[i], x1));
     }
   };
@@ -135,7 +142,9 @@ void tile(const Nm24Matrix& w, const DenseArgs& a, const Decode& d, int64_t r, i
     chunk(full, low_bits(rest / 2), low_bits(rest), low_bits(std::max<int64_t>(rest - 32, 0)),
           meta_bytes - full * 8);
   }
+#pragma GCC unroll 2
   for (int i = 0; i < NR; ++i)
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) store_bf16(a, (b0 + b) * w.rows + r + i, simd::Avx512::reduce(acc[i][b]), r + i);
 }
 
