@@ -59,6 +59,7 @@ inline bool takes_grouped(const BitmapMatrix& w, int64_t batch) {
   const double weights = double(w.rows) * double(w.cols);
   return batch == kGroupedUpTo && double(w.offsets[w.rows]) < kGroupedFullTileDensity * weights;
 }
+
 constexpr int kRows = 24;          // the micro-kernel's accumulators: kRows / T rows x T tiles
 constexpr int64_t kTileRows = 16;  // batch rows per tile
 constexpr int kMaxTiles = 4;       // tiles per pass over W (T)
@@ -164,8 +165,8 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
 // Floats of a thread's part of the workspace: its two words' expanded rows and its sums.
 constexpr int64_t kPartFloats = 2 * kRows * 16 + kRows * kTileRows;
 
-// The product where the grouped path is not taken: threads pack x together, then take rows by nonzeros and
-// stream them once per kMaxTiles tiles (the last group with the tiles left).
+// The product where the grouped path is not taken: threads pack x together, then take rows by
+// nonzeros and stream them once per kMaxTiles tiles (the last group with the tiles left).
 template <typename Expand>
 void tiled(const BitmapMatrix& w, const DenseArgs& a) {
   const int64_t pairs = padded_pairs(w.cols), tiles_n = tiles_of(a.batch);

@@ -36,8 +36,9 @@ namespace {
 constexpr int kRowTile = 2;    // rows sharing each load of x
 // Software prefetch distance at batch 1, in 64-column chunks (64 bytes of values, 8 of
 // positions) ahead of each row. Without it a batch-1 call streamed W at 11-18 GB/s; with it,
-// and the next row tile's first chunks prefetched at each tile's start, at 21-33 GB/s, 1.4-1.9x
-// faster (Zen 5, 2 threads, 4096 and 11008 x 4096, W from DRAM and from L3). From batch 2 the
+// and the next row tile's first chunks prefetched at each tile's start, at 21-33 GB/s, 1.2-1.9x
+// faster over several C++ A/B runs (Zen 5, 2 threads, 4096 and 11008 x 4096, W from DRAM and
+// from L3). From batch 2 the
 // products take longer than the bytes, and the prefetches cost: 12-24% slower at batch 2 with W
 // in L3, no gain from DRAM.
 constexpr int64_t kPrefetchChunks = 8;
