@@ -13,9 +13,10 @@
 // pass), the group of 8 shares each expansion among twice the rows of x, three rows of W keep
 // more independent products in flight, and the next rows' starts are prefetched (see
 // kPrefetchValues). Zen 5, 4096 x 4096 at 50% and 70%, 2 threads, C++ A/B, W in L3 unless
-// said: against the tiled path 2.0-2.4x faster at batch 5-8 and 1.0-1.3x at 9-16; against the
-// direct path 1.0-1.7x at batch 2 (W from DRAM and L3) and 2.0-3.5x at 3-4; batch 1, which
-// keeps the direct path's shape (one row of W at a time, four chains), within about 10% of it.
+// said: against the tiled path 2.0-2.4x faster at batch 5-8 and 1.0-1.3x at 9-14 (16: see
+// takes_grouped); against the direct path 1.0-1.7x at batch 2 (W from DRAM and L3) and
+// 2.0-3.5x at 3-4; batch 1, which keeps the direct path's shape (one row of W at a time, four
+// chains), within about 10% of it.
 #pragma once
 
 #include <immintrin.h>
@@ -37,8 +38,8 @@ constexpr int kGroupRows = 3;   // rows of W side by side (batch 1: one, see gro
 // Software prefetch distance ahead of each row's values (bytes), and of its bits. One row at a
 // time (batch 1) streams W from DRAM best with a long distance (the fp32 direct path's 1024);
 // three rows side by side ran 0.76-0.94x of one row from DRAM at batch 1, but 1.6x from L3, and
-// from batch 2 up they win from either. 512 measured best for three rows (Zen 5, W in L3:
-// 256 and 2048 were 5-20% slower at batch 8-16).
+// from batch 2 up they win from either. For three rows 512 and 1024 measured alike, 256 about
+// 10% slower at batch 16 (Zen 5, W in L3).
 constexpr int64_t kPrefetchValuesOneRow = 1024;
 constexpr int64_t kPrefetchValues = 512;
 constexpr int64_t kPrefetchBits = 256;
@@ -62,8 +63,8 @@ inline void pack_group(const DenseArgs& a, int64_t cols, int64_t b0, int nb, uin
 // y[b0 .. b0 + NB)[r .. r + NR) from the group's packed x.
 template <typename Expand, int NR, int NB>
 void group_rows(const BitmapMatrix& w, const DenseArgs& a, const uint16_t* xg, int64_t r, int64_t b0) {
-  // Independent vdpbf16ps chains: K per product, so that K * NR * NB >= 12 hide its latency
-  // (two a cycle, about six cycles each).
+  // K independent vdpbf16ps chains per row of W and row of x, so that K * NR * NB >= 12 are in
+  // flight: the instruction issues two a cycle and takes several cycles to finish.
   constexpr int K = NR * NB >= 12 ? 1 : NR * NB >= 6 ? 2 : 4;
   constexpr int64_t prefetch = NR == 1 ? kPrefetchValuesOneRow : kPrefetchValues;
   const int64_t words = bitmap_words(w.cols);
@@ -76,13 +77,14 @@ void group_rows(const BitmapMatrix& w, const DenseArgs& a, const uint16_t* xg, i
     bits[i] = w.bits + (r + i) * words;
   }
   // The next rows' first bytes: the running prefetches below reach ahead only within the rows
-  // they read, so without these each row would start on demand misses (with three rows, that
-  // made W in L3 run 1.3-2x slower).
+  // they read, so without these each row would start on demand misses (with three rows and W in
+  // L3, that ran 1.1-1.4x slower).
   for (int64_t n = r + NR; n < std::min<int64_t>(r + 2 * NR, w.rows); ++n) {
     const auto* next_values = reinterpret_cast<const char*>(values + w.offsets[n]);
     const auto* next_bits = reinterpret_cast<const char*>(w.bits + n * words);
     for (int64_t o = 0; o < prefetch; o += 64) _mm_prefetch(next_values + o, _MM_HINT_T0);
-    for (int64_t o = 0; o < std::min<int64_t>(kPrefetchBits, words * 4); o += 64) _mm_prefetch(next_bits + o, _MM_HINT_T0);
+    for (int64_t o = 0; o < std::min<int64_t>(kPrefetchBits, words * 4); o += 64)
+      _mm_prefetch(next_bits + o, _MM_HINT_T0);
   }
   // Unrolled throughout so that the accumulators stay in registers.
   __m512 acc[K][NR][NB];
