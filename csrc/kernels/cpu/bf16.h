@@ -35,6 +35,12 @@ inline float value_at<float>(const float* values, int64_t j) { return values[j];
 template <>
 inline float value_at<uint16_t>(const uint16_t* values, int64_t j) { return bf16_to_f32(values[j]); }
 
+// Writes y[b][row] = sum + bias[row], rounded: the native bf16 paths that reduce one output at
+// a time (2:4's small-batch path, bitmap's grouped path).
+inline void store_bf16(const DenseArgs& a, int64_t out_rows, int64_t b, int64_t row, float sum) {
+  static_cast<uint16_t*>(a.y)[b * out_rows + row] = f32_to_bf16(a.bias ? sum + a.bias[row] : sum);
+}
+
 // Writes y[b][rb + i] = sums[i * row_stride + (b - first) * batch_stride] + bias[rb + i],
 // rounded, for i < block and b in [first, first + valid): the native bf16 batched paths gather
 // a block of output rows' sums for tiles of batch rows (rows or batch rows contiguous), then

@@ -118,7 +118,6 @@ void group_rows(const BitmapMatrix& w, const DenseArgs& a, const uint16_t* xg, i
 #pragma GCC unroll 4
     for (int c = 0; c < K; ++c) word(k + c, c);
   for (; k < words; ++k) word(k, 0);
-  auto* y = static_cast<uint16_t*>(a.y);
 #pragma GCC unroll 3
   for (int i = 0; i < NR; ++i)
 #pragma GCC unroll 8
@@ -126,8 +125,7 @@ void group_rows(const BitmapMatrix& w, const DenseArgs& a, const uint16_t* xg, i
       __m512 sum = acc[0][i][b];
 #pragma GCC unroll 4
       for (int c = 1; c < K; ++c) sum = _mm512_add_ps(sum, acc[c][i][b]);
-      const float dot = simd::Avx512::reduce(sum);
-      y[(b0 + b) * w.rows + r + i] = f32_to_bf16(a.bias ? dot + a.bias[r + i] : dot);
+      store_bf16(a, w.rows, b0 + b, r + i, simd::Avx512::reduce(sum));
     }
 }
 

@@ -85,10 +85,6 @@ inline __m512 dot_pairs(__m512 acc, __m512i values, __m512i x) {
   return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(values), reinterpret_cast<__m512bh>(x));
 }
 
-inline void store_bf16(const DenseArgs& a, int64_t index, float sum, int64_t row) {
-  static_cast<uint16_t*>(a.y)[index] = f32_to_bf16(a.bias ? sum + a.bias[row] : sum);
-}
-
 // y[b0 .. b0 + NB) for rows [r, r + NR).
 template <int NR, int NB>
 void tile(const Nm24Matrix& w, const DenseArgs& a, const Decode& d, int64_t r, int64_t b0) {
@@ -146,7 +142,7 @@ void tile(const Nm24Matrix& w, const DenseArgs& a, const Decode& d, int64_t r, i
 #pragma GCC unroll 2
   for (int i = 0; i < NR; ++i)
 #pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) store_bf16(a, (b0 + b) * w.rows + r + i, simd::Avx512::reduce(acc[i][b]), r + i);
+    for (int b = 0; b < NB; ++b) store_bf16(a, w.rows, b0 + b, r + i, simd::Avx512::reduce(acc[i][b]));
 }
 
 template <int NR>
