@@ -112,7 +112,7 @@ int main() {
   // bf16 values with bf16 activations, which avx512bf16 reads natively (nm24_linear_bf16.h):
   // rows not a multiple of its row tile or 16, cols a multiple of 4 but not of its 64-column
   // chunk, batches around its batch tile (8); for the rows-in-lanes path
-  // (nm24_linear_bf16_lanes.h), batches around its threshold (4) and its tile (8), rows around
+  // (nm24_linear_bf16_lanes.h), batches around its threshold (Nm24Family::kNm24LanesFrom, 3) and its tile (8), rows around
   // its 16-row blocks and 48-row panels, cols around its block of 64 groups (256 columns);
   // and every batch once more without the copy.
   const int64_t bf16_batches[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 32, 33, 64, 65};

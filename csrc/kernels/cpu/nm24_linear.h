@@ -57,11 +57,13 @@ struct Nm24Family {
     return reads_bf16(isa, w, batch) && act == ActType::bf16 && batch >= kNm24LanesFrom &&
            !runs_tiles(isa, w, act, batch);
   }
-  // Batch from which the rows-in-lanes kernel beats the small-batch one. Against dense bf16,
-  // 2 threads, Zen 5, small-batch / rows-in-lanes: 4096 x 4096 at batch 2-4 4.5x / 3.0x to
-  // 3.1x / 2.8x, batch 5 2.6x / 2.7x, 6-8 2.1x / 2.7x; 768 x 3072 at batch 4 2.1x / 2.3x,
-  // batch 7 1.3x / 2.4x; 11008 x 4096 within noise at batch 2-5, 1.4x / 1.7x at 6-7.
-  static constexpr int64_t kNm24LanesFrom = 5;
+  // Batch from which the rows-in-lanes kernel beats the small-batch one. C++ A/B, the two
+  // kernels' calls alternated, 2 threads, Zen 5 (2026-12-03, after the small-batch path's
+  // unrolling), small-batch time / rows-in-lanes time over 4096 x 4096, 11008 x 4096,
+  // 4096 x 11008, 2048 x 5632, 768 x 3072 and 3072 x 768, W in cache and from DRAM: batch 1
+  // 0.65-1.06, batch 2 0.87-1.83, batch 3 1.02-2.19, batch 4 1.00-2.02. (Before the
+  // unrolling, measured against dense in Python, the small-batch path had won up to batch 4.)
+  static constexpr int64_t kNm24LanesFrom = 3;
 };
 
 // As for CsrMatrix (csr_spmm.h): overloads by matrix type.
