@@ -43,22 +43,14 @@
 namespace sparsekern::cpu::bitmapbf16 {
 namespace {
 
-// Up to this batch the grouped path can win (Zen 5, 4096 x 4096, 2 threads, W in L3, 50-70%;
-// tiled / grouped: 2.0-2.4x the time at batch 5-8, 1.0-1.3x at 9-14). From 17 the tiles share
-// each weight broadcast among two or more tiles, where the grouped path would stream W a third
-// time (at batch 32 the grouped path took 1.3x the tiled path's time).
+// Up to this batch the grouped path wins or ties (Zen 5, 4096 x 4096, 2 threads, 30-70%;
+// tiled / grouped time: 2.0-2.4x at batch 5-8 and 1.0-1.3x at 9-14 with W in L3; at 16,
+// since each chunk of W serves every group (kChunkRows), 0.96-1.05x at 30-50% with W in L3
+// and from DRAM). From 17 the tiles share each weight broadcast among two or more tiles:
+// tiled / grouped 0.92-1.02x at batch 24, 0.72-0.80x at 32.
 constexpr int64_t kGroupedUpTo = 16;
-// At kGroupedUpTo rows one tile is exactly full and the tiled path streams W once, the grouped
-// path twice; the second pass cost more than the tiles' broadcasts saved where W is dense
-// enough (batch 16, tiled / grouped: 0.90-0.94x the time at 50% density, 0.98-1.01x at 40%,
-// 1.0-1.1x at 30%).
-constexpr double kGroupedFullTileDensity = 0.45;
 
-inline bool takes_grouped(const BitmapMatrix& w, int64_t batch) {
-  if (batch < kGroupedUpTo) return true;
-  const double weights = double(w.rows) * double(w.cols);
-  return batch == kGroupedUpTo && double(w.offsets[w.rows]) < kGroupedFullTileDensity * weights;
-}
+inline bool takes_grouped(int64_t batch) { return batch <= kGroupedUpTo; }
 
 constexpr int kRows = 24;          // the micro-kernel's accumulators: kRows / T rows x T tiles
 constexpr int64_t kTileRows = 16;  // batch rows per tile
@@ -196,7 +188,7 @@ void tiled(const BitmapMatrix& w, const DenseArgs& a) {
 
 template <typename Expand>
 void product(const BitmapMatrix& w, const DenseArgs& a) {
-  if (takes_grouped(w, a.batch)) grouped<Expand>(w, a);
+  if (takes_grouped(a.batch)) grouped<Expand>(w, a);
   else tiled<Expand>(w, a);
 }
 
@@ -207,7 +199,7 @@ inline void linear(const BitmapMatrix& w, const DenseArgs& a) {
 }
 
 inline int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads) {
-  if (takes_grouped(w, batch)) return grouped_workspace_floats(w, batch);
+  if (takes_grouped(batch)) return grouped_workspace_floats(w, batch);
   return tiles_of(batch) * padded_pairs(w.cols) * kTileRows + std::max(num_threads, 1) * kPartFloats;
 }
 

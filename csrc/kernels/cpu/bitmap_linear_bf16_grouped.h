@@ -1,11 +1,12 @@
 // Bitmap with bf16 values and bf16 activations up to bitmapbf16::kGroupedUpTo rows of x, read
 // natively. x is copied once per call into groups of up to kGroupBatch rows, word-major (per
 // 32-column word, the group's rows side by side: one pointer and fixed offsets reach them all,
-// and the last partial word is zero-padded). Each group streams W once: per 32-column word, each
-// of kGroupRows rows of W has its next popcount values expanded into the 32 bf16 lanes of their
-// columns in a register (bitmap_expand_bf16.h), and one vdpbf16ps per row of W and row of x
-// multiplies 32 columns. Sums run over columns within the lanes and are reduced once per row.
-// Included by bitmap_linear_bf16.h.
+// and the last partial word is zero-padded). Each group passes over W a chunk of rows at a time
+// (kChunkRows), every group over one chunk before the next, so W streams from memory once: per
+// 32-column word, each of kGroupRows rows of W has its next popcount values expanded into the
+// 32 bf16 lanes of their columns in a register (bitmap_expand_bf16.h), and one vdpbf16ps per
+// row of W and row of x multiplies 32 columns. Sums run over columns within the lanes and are
+// reduced once per row. Included by bitmap_linear_bf16.h.
 //
 // Against the tiled path (bitmap_linear_bf16.h) this does the same products without storing the
 // expanded words and broadcasting them back, and each load of x serves kGroupRows rows of W.
@@ -14,7 +15,7 @@
 // more independent products in flight, and the next rows' starts are prefetched (see
 // kPrefetchValues). Zen 5, 4096 x 4096 at 50% and 70%, 2 threads, C++ A/B, W in L3 unless
 // said: against the tiled path 2.0-2.4x faster at batch 5-8 and 1.0-1.3x at 9-14 (16: see
-// takes_grouped); against the direct path 1.0-1.7x at batch 2 (W from DRAM and L3) and
+// kGroupedUpTo); against the direct path 1.0-1.7x at batch 2 (W from DRAM and L3) and
 // 2.0-3.5x at 3-4; batch 1, which keeps the direct path's shape (one row of W at a time, four
 // chains), within about 10% of it.
 #pragma once
@@ -35,6 +36,12 @@ namespace {
 
 constexpr int kGroupBatch = 8;  // rows of x per pass over W: 8 x 3 accumulators fill the registers
 constexpr int kGroupRows = 3;   // rows of W side by side (batch 1: one, see group_pass)
+// Rows of W that every group multiplies before the next rows start, so that W streams from
+// memory once per call and the later groups read the chunk from L2 (12 rows of 4096 columns at
+// 50% are 55 KiB). Against each group streaming all of W (Zen 5, 4096 x 4096, 2 threads, C++
+// A/B): batch 9 and 16 ran 1.12-1.30x faster with W from DRAM, 0.99-1.09x with W in L3
+// (chunks of 12 and 48 rows alike).
+constexpr int64_t kChunkRows = 4 * kGroupRows;
 // Software prefetch distance ahead of each row's values (bytes), and of its bits. One row at a
 // time (batch 1) streams W from DRAM best with a long distance (the fp32 direct path's 1024);
 // three rows side by side ran 0.76-0.94x of one row from DRAM at batch 1, but 1.6x from L3, and
@@ -159,18 +166,21 @@ void grouped(const BitmapMatrix& w, const DenseArgs& a) {
   run_parts(parts, [&](int part) {
     const int64_t r0 = nnz_balanced_row(w.offsets, w.rows, part, parts);
     const int64_t r1 = nnz_balanced_row(w.offsets, w.rows, part + 1, parts);
-    for (int64_t g = 0; g < groups_of(a.batch); ++g) {
-      const int64_t b0 = group_start(a.batch, g), nb = group_start(a.batch, g + 1) - b0;
-      const uint16_t* xg = packed + group_elements(w.cols, b0);
-      switch (nb) {
-        case 1: group_pass<Expand, 1>(w, a, xg, r0, r1, b0); break;
-        case 2: group_pass<Expand, 2>(w, a, xg, r0, r1, b0); break;
-        case 3: group_pass<Expand, 3>(w, a, xg, r0, r1, b0); break;
-        case 4: group_pass<Expand, 4>(w, a, xg, r0, r1, b0); break;
-        case 5: group_pass<Expand, 5>(w, a, xg, r0, r1, b0); break;
-        case 6: group_pass<Expand, 6>(w, a, xg, r0, r1, b0); break;
-        case 7: group_pass<Expand, 7>(w, a, xg, r0, r1, b0); break;
-        default: group_pass<Expand, kGroupBatch>(w, a, xg, r0, r1, b0);
+    for (int64_t rc = r0; rc < r1; rc += kChunkRows) {
+      const int64_t re = std::min(rc + kChunkRows, r1);
+      for (int64_t g = 0; g < groups_of(a.batch); ++g) {
+        const int64_t b0 = group_start(a.batch, g), nb = group_start(a.batch, g + 1) - b0;
+        const uint16_t* xg = packed + group_elements(w.cols, b0);
+        switch (nb) {
+          case 1: group_pass<Expand, 1>(w, a, xg, rc, re, b0); break;
+          case 2: group_pass<Expand, 2>(w, a, xg, rc, re, b0); break;
+          case 3: group_pass<Expand, 3>(w, a, xg, rc, re, b0); break;
+          case 4: group_pass<Expand, 4>(w, a, xg, rc, re, b0); break;
+          case 5: group_pass<Expand, 5>(w, a, xg, rc, re, b0); break;
+          case 6: group_pass<Expand, 6>(w, a, xg, rc, re, b0); break;
+          case 7: group_pass<Expand, 7>(w, a, xg, rc, re, b0); break;
+          default: group_pass<Expand, kGroupBatch>(w, a, xg, rc, re, b0);
+        }
       }
     }
   });
