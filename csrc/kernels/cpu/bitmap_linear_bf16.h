@@ -43,14 +43,21 @@
 namespace sparsekern::cpu::bitmapbf16 {
 namespace {
 
-// Up to this batch the grouped path wins or ties (Zen 5, 4096 x 4096, 2 threads, 30-70%;
-// tiled / grouped time: 2.0-2.4x at batch 5-8 and 1.0-1.3x at 9-14 with W in L3; at 16,
-// since each chunk of W serves every group (kChunkRows), 0.96-1.05x at 30-50% with W in L3
-// and from DRAM). From 17 the tiles share each weight broadcast among two or more tiles:
-// tiled / grouped 0.92-1.02x at batch 24, 0.72-0.80x at 32.
+// Up to this batch the grouped path can win (Zen 5, 4096 x 4096, 2 threads, 30-70%; tiled /
+// grouped time: 2.0-2.4x at batch 5-8 and 1.0-1.3x at 9-14 with W in L3). From 17 the tiles
+// share each weight broadcast among two or more tiles: tiled / grouped 0.92-1.02x at batch 24,
+// 0.72-0.80x at 32 (the grouped path streaming W once, see kChunkRows).
 constexpr int64_t kGroupedUpTo = 16;
+// At kGroupedUpTo rows one tile is exactly full, and the tiles' broadcasts save more where W is
+// denser (batch 16, tiled / grouped time, W in L3 and from DRAM: 0.96-1.05x at 30-40% density,
+// 0.97-1.09x at 50%, 0.85-1.04x at 60%).
+constexpr double kGroupedFullTileDensity = 0.55;
 
-inline bool takes_grouped(int64_t batch) { return batch <= kGroupedUpTo; }
+inline bool takes_grouped(const BitmapMatrix& w, int64_t batch) {
+  if (batch < kGroupedUpTo) return true;
+  const double weights = double(w.rows) * double(w.cols);
+  return batch == kGroupedUpTo && double(w.offsets[w.rows]) < kGroupedFullTileDensity * weights;
+}
 
 constexpr int kRows = 24;          // the micro-kernel's accumulators: kRows / T rows x T tiles
 constexpr int64_t kTileRows = 16;  // batch rows per tile
@@ -188,7 +195,7 @@ void tiled(const BitmapMatrix& w, const DenseArgs& a) {
 
 template <typename Expand>
 void product(const BitmapMatrix& w, const DenseArgs& a) {
-  if (takes_grouped(a.batch)) grouped<Expand>(w, a);
+  if (takes_grouped(w, a.batch)) grouped<Expand>(w, a);
   else tiled<Expand>(w, a);
 }
 
@@ -199,7 +206,7 @@ inline void linear(const BitmapMatrix& w, const DenseArgs& a) {
 }
 
 inline int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads) {
-  if (takes_grouped(batch)) return grouped_workspace_floats(w, batch);
+  if (takes_grouped(w, batch)) return grouped_workspace_floats(w, batch);
   return tiles_of(batch) * padded_pairs(w.cols) * kTileRows + std::max(num_threads, 1) * kPartFloats;
 }
 

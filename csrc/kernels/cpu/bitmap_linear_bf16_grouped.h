@@ -15,7 +15,7 @@
 // more independent products in flight, and the next rows' starts are prefetched (see
 // kPrefetchValues). Zen 5, 4096 x 4096 at 50% and 70%, 2 threads, C++ A/B, W in L3 unless
 // said: against the tiled path 2.0-2.4x faster at batch 5-8 and 1.0-1.3x at 9-14 (16: see
-// kGroupedUpTo); against the direct path 1.0-1.7x at batch 2 (W from DRAM and L3) and
+// takes_grouped); against the direct path 1.0-1.7x at batch 2 (W from DRAM and L3) and
 // 2.0-3.5x at 3-4; batch 1, which keeps the direct path's shape (one row of W at a time, four
 // chains), within about 10% of it.
 #pragma once
