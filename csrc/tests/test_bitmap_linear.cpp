@@ -118,7 +118,7 @@ int main() {
   // 4097-column row across its 1024-column chunks, batches around its 16-row A tiles and their
   // pairs; the hardware variant runs above, among the runnable ISAs, where the CPU has AMX),
   // and the native bf16 paths' table expansion (bitmap_linear_bf16.h: grouped up to 16 rows,
-  // at 16 only below 55% density, tiled above), which the dispatch takes only without VBMI2.
+  // at 16 only below 45% density, tiled above), which the dispatch takes only without VBMI2.
   const struct {
     Forced variant;
     bool runs;
