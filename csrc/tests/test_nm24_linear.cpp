@@ -112,9 +112,9 @@ int main() {
   // bf16 values with bf16 activations, which avx512bf16 reads natively (nm24_linear_bf16.h):
   // rows not a multiple of its row tile or 16, cols a multiple of 4 but not of its 64-column
   // chunk, batches around its batch tile (8); for the rows-in-lanes path
-  // (nm24_linear_bf16_lanes.h), batches around its threshold (Nm24Family::kNm24LanesFrom, 3) and its tile (8), rows around
-  // its 16-row blocks and 48-row panels, cols around its block of 64 groups (256 columns);
-  // and every batch once more without the copy.
+  // (nm24_linear_bf16_lanes.h), batches around its threshold (Nm24Family::kNm24LanesFrom, 3)
+  // and its tile (8), rows around its 16-row blocks and 48-row panels, cols around its block
+  // of 64 groups (256 columns); and every batch once more without the copy.
   const int64_t bf16_batches[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 31, 32, 33, 64, 65};
   const int64_t bf16_shapes[][2] = {{1, 4},     {3, 60},    {15, 68},   {16, 64},  {17, 132}, {31, 1028},
                                     {33, 2052}, {48, 256},  {49, 260},  {50, 512}, {97, 516}, {20, 0}};

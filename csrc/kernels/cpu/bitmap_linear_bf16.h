@@ -50,9 +50,9 @@ namespace {
 constexpr int64_t kGroupedUpTo = 16;
 // At kGroupedUpTo rows one tile is exactly full, and the tiles' broadcasts save more where W is
 // denser. Batch 16, tiled / grouped time, C++, W in L3 and from DRAM: 0.96-1.05x at 30-40%
-// density, 0.97-1.09x at 50%, 0.85-1.04x at 60%; in Python against dense bf16 at 50% (seven
-// alternations of the two builds) the tiled path's median ratio was 5% the higher (1.27x
-// against 1.20x), so 50% stays tiled.
+// density, 0.97-1.09x at 50%, 0.85-1.04x at 60%. In Python against dense bf16 at 50% (seven
+// alternations of the two builds) the tiled path's median ratio was 5% higher (1.27x against
+// 1.20x), so 50% stays tiled.
 constexpr double kGroupedFullTileDensity = 0.45;
 
 inline bool takes_grouped(const BitmapMatrix& w, int64_t batch) {

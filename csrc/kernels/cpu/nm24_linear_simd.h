@@ -44,13 +44,12 @@ constexpr int64_t kBatchedFrom = 4;  // batch from which decoding pays for itsel
 constexpr int kDirectBatch = 3;      // activation rows per pass of the direct path
 constexpr int kTile = 8;             // activation rows per register tile
 // Software prefetch distance ahead of each row's values at batch 1 (bytes; meta is fetched
-// 64 bytes ahead once per 16 chunks). Without it a batch-1 call streams W from DRAM only as
-// fast as the hardware prefetcher follows two rows; with it, fp32, avx512, 2 threads, Zen 5,
-// C++ A/B: 1.06-1.21x faster with W from DRAM (4096 x 4096, 11008 x 4096, 4096 x 11008,
-// 768 x 3072), 0.96-1.08x with W in cache (768 x 3072, 3072 x 768, 2048 x 2048); the avx2
-// variant on the same CPU 1.22-1.33x from DRAM, 0.96-1.02x in cache. Also
-// prefetching the next rows' starts, as the bf16 small-batch path does, measured 0.90x on
-// 3072 x 768 in cache and gained less from DRAM. Batch 1 only: from batch 2 the products
+// 64 bytes ahead once per 16 chunks). fp32 values, 2 threads, Zen 5, C++ A/B against no
+// prefetch: avx512 1.06-1.21x faster with W from DRAM (4096 x 4096, 11008 x 4096,
+// 4096 x 11008, 768 x 3072), 0.96-1.08x with W in cache (768 x 3072, 3072 x 768,
+// 2048 x 2048); the avx2 variant on the same CPU 1.22-1.33x from DRAM, 0.96-1.02x in cache.
+// Prefetching the next rows' starts too, as the bf16 small-batch path does, measured 0.90x
+// on 3072 x 768 in cache and gained less from DRAM. Batch 1 only: from batch 2 the products
 // take longer than the bytes, and the bf16 small-batch path's prefetches cost 12-24% there.
 constexpr int64_t kPrefetchBytes = 512;
 // A decoded block (tiles.nm24_block_rows x nm24_block_cols / 2 values, 8 bytes each: 384 KiB
