@@ -272,7 +272,7 @@ def test_cached_kernel_never_goes_stale(fmt):
         return sk.SparseLinear.from_dense(linear, format=fmt)
 
     def check(layer):
-        # float32 and bf16 activations: bf16 ones with bf16 values from batch 5 read a copy of
+        # float32 and bf16 activations: bf16 ones with bf16 values from batch 3 read a copy of
         # the 2:4 values in another layout (nm24_lanes.h), which must follow too.
         for x_ in (x, x.bfloat16()):
             with torch.no_grad():
