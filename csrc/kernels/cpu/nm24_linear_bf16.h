@@ -38,9 +38,8 @@ constexpr int kRowTile = 2;    // rows sharing each load of x
 // positions) ahead of each row. Without it a batch-1 call streamed W at 11-18 GB/s; with it,
 // and the next row tile's first chunks prefetched at each tile's start, at 21-33 GB/s, 1.2-1.9x
 // faster over several C++ A/B runs (Zen 5, 2 threads, 4096 and 11008 x 4096, W from DRAM and
-// from L3). From batch 2 the
-// products take longer than the bytes, and the prefetches cost: 12-24% slower at batch 2 with W
-// in L3, no gain from DRAM.
+// from L3). From batch 2 the products take longer than the bytes, and the prefetches cost:
+// 12-24% slower at batch 2 with W in L3, no gain from DRAM.
 constexpr int64_t kPrefetchChunks = 8;
 // Activation rows sharing each row's index decode: 8 (16 accumulators) against 4 measured
 // 1.14x / 1.03x and 1.14x / 0.75x of dense bf16 at batch 8 and 12 (4096 x 4096, 1 thread).
