@@ -38,7 +38,24 @@ int64_t bitmap_tables_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch
 }
 
 void bitmap_tables_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a) {
-  if (a.batch > 0 && w.rows > 0) cpu::bitmapbf16::product<cpu::ExpandTables>(w, a);
+  if (a.batch > 0 && w.rows > 0) cpu::bitmapbf16::product<cpu::ExpandTables>(w, a, cpu::bitmapbf16::cpu_grouped_rule());
+}
+
+namespace {
+const cpu::bitmapbf16::GroupedRule& other_rule() {
+  using namespace cpu::bitmapbf16;
+  return &cpu_grouped_rule() == &kGroupedRule ? kGroupedRuleZen4 : kGroupedRule;
+}
+}  // namespace
+
+int64_t bitmap_other_rule_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch, int num_threads) {
+  return cpu::bitmapbf16::workspace_floats(w, batch, num_threads, other_rule());
+}
+
+void bitmap_other_rule_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a) {
+  if (a.batch <= 0 || w.rows <= 0) return;
+  if (cpu::cpu_has("avx512_vbmi2")) cpu::bitmapbf16::product<cpu::ExpandVbmi2>(w, a, other_rule());
+  else cpu::bitmapbf16::product<cpu::ExpandTables>(w, a, other_rule());
 }
 
 }  // namespace sparsekern::test

@@ -2,8 +2,10 @@
 // - the tile kernels (amx_linear.h) on emulated tiles (amx_tiles_emulated.h): what the amx
 //   variant feeds its tiles is checked on every CPU that has the AVX-512 parts those kernels
 //   use, AMX or not;
-// - bitmap's native bf16 paths (direct and tiled) with the table expansion
-//   (bitmap_linear_bf16.h), which the dispatch takes only on CPUs without VBMI2.
+// - bitmap's native bf16 paths (grouped and tiled) with the table expansion
+//   (bitmap_linear_bf16.h), which the dispatch takes only on CPUs without VBMI2;
+// - bitmap's native bf16 paths split between grouped and tiled by the other CPUs' rule
+//   (bitmapbf16::GroupedRule: Zen 4 has its own), so both rules' batches run on any CPU.
 // forced_variants.cpp is compiled with the amx variant's flags; this header is plain C++.
 #pragma once
 
@@ -26,5 +28,9 @@ bool bitmap_tables_run();
 int64_t bitmap_tables_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch, int num_threads);
 // bf16 values and activations, any batch.
 void bitmap_tables_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a);
+
+// The same CPU check; the expansion this CPU's dispatch uses, the grouped rule it does not.
+int64_t bitmap_other_rule_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch, int num_threads);
+void bitmap_other_rule_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a);
 
 }  // namespace sparsekern::test

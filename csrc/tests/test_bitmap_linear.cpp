@@ -19,7 +19,7 @@ using namespace sparsekern::test;
 namespace {
 
 // The tile kernel on emulated tiles, or the native bf16 path's table expansion.
-enum class Forced { none, emulated_tiles, expansion_tables };
+enum class Forced { none, emulated_tiles, expansion_tables, other_grouped_rule };
 
 struct Case {
   int64_t rows, cols, batch;
@@ -73,6 +73,12 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
                   [&](const DenseArgs& a) { amx_emulated_linear(w, a); }, "bitmap emulated tiles");
     return;
   }
+  if (c.forced == Forced::other_grouped_rule) {
+    run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
+                  bitmap_other_rule_workspace_floats(w, c.batch, 2), rng,
+                  [&](const DenseArgs& a) { bitmap_other_rule_linear(w, a); }, "bitmap other grouped rule");
+    return;
+  }
   const std::string label = std::string("bitmap isa=") + isa_name(isa) + " val=" + std::to_string(int(c.value_type)) +
                             " density=" + std::to_string(c.density);
   run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
@@ -84,7 +90,7 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(1234);
-  const int64_t batches[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 70};
+  const int64_t batches[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 25, 31, 32, 33, 64, 70};
   const int64_t shapes[][2] = {{1, 1}, {3, 15}, {9, 17}, {5, 31}, {13, 33}, {64, 64}, {7, 0}, {6, 4097}};
   const double densities[] = {0.0, 0.3, 0.7, 1.0};
   int cases = 0;
@@ -117,15 +123,17 @@ int main() {
   // on emulated tiles (rows around its 32-row steps, cols around its 32-column tiles, a
   // 4097-column row across its 1024-column chunks, batches around its 16-row A tiles and their
   // pairs; the hardware variant runs above, among the runnable ISAs, where the CPU has AMX),
-  // and the native bf16 paths' table expansion (bitmap_linear_bf16.h: grouped up to 16 rows,
-  // at 16 only below 45% density, tiled above), which the dispatch takes only without VBMI2.
+  // and the native bf16 paths' table expansion (bitmap_linear_bf16.h), which the dispatch takes
+  // only without VBMI2, and their split between grouped and tiled by the other CPUs' rule
+  // (grouped up to 16 rows, at 16 only below 45% density; on Zen 4 up to 24).
   const struct {
     Forced variant;
     bool runs;
     const char* skip;
   } forced[] = {
       {Forced::emulated_tiles, amx_emulation_runs(), "the emulated tile kernel: this CPU lacks AVX512-BF16 or VBMI2"},
-      {Forced::expansion_tables, bitmap_tables_run(), "the table expansion: this CPU cannot run avx512bf16"}};
+      {Forced::expansion_tables, bitmap_tables_run(), "the table expansion: this CPU cannot run avx512bf16"},
+      {Forced::other_grouped_rule, bitmap_tables_run(), "the other grouped rule: this CPU cannot run avx512bf16"}};
   for (const auto& f : forced) {
     if (!f.runs) {
       std::printf("skip %s\n", f.skip);

@@ -1,7 +1,7 @@
 // Bitmap with bf16 values and bf16 activations, read natively with vdpbf16ps at every batch:
-// up to kGroupedUpTo rows of x the grouped path (bitmap_linear_bf16_grouped.h; takes_grouped
-// says where), above that this file's tiled path. Included only by bitmap_linear_avx512bf16.cpp
-// (and the tests' forced variants).
+// up to 16 rows of x (24 on Zen 4) the grouped path (bitmap_linear_bf16_grouped.h;
+// takes_grouped says where), above that this file's tiled path. Included only by
+// bitmap_linear_avx512bf16.cpp (and the tests' forced variants).
 //
 // Rows of W are expanded, kRows rows by one 32-column word at a time, into dense bf16 in L1
 // (zeros included), and a dense micro-kernel multiplies them with x, kept as pair tiles: tile
@@ -43,24 +43,6 @@
 namespace sparsekern::cpu::bitmapbf16 {
 namespace {
 
-// Up to this batch the grouped path can win (Zen 5, 4096 x 4096, 2 threads, 30-70%; tiled /
-// grouped time: 2.0-2.4x at batch 5-8 and 1.0-1.3x at 9-14 with W in L3). From 17 the tiles
-// share each weight broadcast among two or more tiles: tiled / grouped 0.92-1.02x at batch 24,
-// 0.72-0.80x at 32 (the grouped path streaming W once, see kChunkRows).
-constexpr int64_t kGroupedUpTo = 16;
-// At kGroupedUpTo rows one tile is exactly full, and the tiles' broadcasts save more where W is
-// denser. Batch 16, tiled / grouped time, C++, W in L3 and from DRAM: 0.96-1.05x at 30-40%
-// density, 0.97-1.09x at 50%, 0.85-1.04x at 60%. In Python against dense bf16 at 50% (seven
-// alternations of the two builds) the tiled path's median ratio was 5% higher (1.27x against
-// 1.20x), so 50% stays tiled.
-constexpr double kGroupedFullTileDensity = 0.45;
-
-inline bool takes_grouped(const BitmapMatrix& w, int64_t batch) {
-  if (batch < kGroupedUpTo) return true;
-  const double weights = double(w.rows) * double(w.cols);
-  return batch == kGroupedUpTo && double(w.offsets[w.rows]) < kGroupedFullTileDensity * weights;
-}
-
 constexpr int kRows = 24;          // the micro-kernel's accumulators: kRows / T rows x T tiles
 constexpr int64_t kTileRows = 16;  // batch rows per tile
 constexpr int kMaxTiles = 4;       // tiles per pass over W (T)
@@ -70,6 +52,40 @@ constexpr int kMaxTiles = 4;       // tiles per pass over W (T)
 // than 256 at 70% and 2% at 50%, and 64 ran 5-20% slower than 128.
 constexpr int64_t kPrefetchValueBytes = 128;
 constexpr int64_t kPrefetchWords = 32;
+
+// Which batches take the grouped path: every batch up to `up_to`, except one full tile of x
+// (kTileRows rows) where W holds at least `full_tile_tiled_from` of its weights (the tiles'
+// broadcasts save more where W is denser).
+struct GroupedRule {
+  int64_t up_to;
+  double full_tile_tiled_from;
+};
+
+// Zen 5 and other CPUs (measured on Zen 5, 4096 x 4096, 2 threads, 30-70%; tiled / grouped
+// time). Batch 5-8: 2.0-2.4x, 9-14: 1.0-1.3x with W in L3. Batch 16, W in L3 and from DRAM:
+// 0.96-1.05x at 30-40% density, 0.97-1.09x at 50%, 0.85-1.04x at 60%; in Python against dense
+// bf16 at 50% (seven alternations of the two builds) the tiled path's median ratio was 5%
+// higher (1.27x against 1.20x), so 50% stays tiled. From 17 the tiles share each weight
+// broadcast among two or more tiles: 0.92-1.02x at batch 24, 0.72-0.80x at 32 (the grouped
+// path streaming W once, see kChunkRows).
+constexpr GroupedRule kGroupedRule{16, 0.45};
+// Zen 4 (AMD family 19h), where the tiled path's one-tile case runs further from vdpbf16ps's
+// rate: on one thread with W in L2 (240 x 4096, 50%, batch 16) it took 1.19x the grouped
+// path's time (58% of the vdpbf16ps rate against 69%). Grouped / tiled time, 4096 x 4096 and 11008 x 4096 at 30%
+// and 50% density, 2 threads, W in L3 and from DRAM: 0.89-0.98x at batch 16, 0.89-0.93x at
+// 24, 1.04-1.08x at 28.
+constexpr GroupedRule kGroupedRuleZen4{24, 2.0};
+
+inline const GroupedRule& cpu_grouped_rule() {
+  static const GroupedRule& rule = amd_family() == 0x19 ? kGroupedRuleZen4 : kGroupedRule;
+  return rule;
+}
+
+inline bool takes_grouped(const BitmapMatrix& w, int64_t batch, const GroupedRule& rule) {
+  if (batch > rule.up_to) return false;
+  const double weights = double(w.rows) * double(w.cols);
+  return batch != kTileRows || double(w.offsets[w.rows]) < rule.full_tile_tiled_from * weights;
+}
 
 // Pairs of x per tile: whole words, the pairs past cols zero (the expanded weights there are 0).
 inline int64_t padded_pairs(int64_t cols) { return bitmap_words(cols) * 16; }
@@ -196,19 +212,20 @@ void tiled(const BitmapMatrix& w, const DenseArgs& a) {
 }
 
 template <typename Expand>
-void product(const BitmapMatrix& w, const DenseArgs& a) {
-  if (takes_grouped(w, a.batch)) grouped<Expand>(w, a);
+void product(const BitmapMatrix& w, const DenseArgs& a, const GroupedRule& rule) {
+  if (takes_grouped(w, a.batch, rule)) grouped<Expand>(w, a);
   else tiled<Expand>(w, a);
 }
 
 inline void linear(const BitmapMatrix& w, const DenseArgs& a) {
   static const bool vbmi2 = cpu_has("avx512_vbmi2");
-  if (vbmi2) product<ExpandVbmi2>(w, a);
-  else product<ExpandTables>(w, a);
+  if (vbmi2) product<ExpandVbmi2>(w, a, cpu_grouped_rule());
+  else product<ExpandTables>(w, a, cpu_grouped_rule());
 }
 
-inline int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads) {
-  if (takes_grouped(w, batch)) return grouped_workspace_floats(w, batch);
+inline int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads,
+                                const GroupedRule& rule = cpu_grouped_rule()) {
+  if (takes_grouped(w, batch, rule)) return grouped_workspace_floats(w, batch);
   return tiles_of(batch) * padded_pairs(w.cols) * kTileRows + std::max(num_threads, 1) * kPartFloats;
 }
 

@@ -1,5 +1,5 @@
-// Bitmap with bf16 values and bf16 activations up to bitmapbf16::kGroupedUpTo rows of x, read
-// natively. x is copied once per call into groups of up to kGroupBatch rows, word-major (per
+// Bitmap with bf16 values and bf16 activations for the batches bitmapbf16::takes_grouped
+// gives it (up to 16 or 24 rows), read natively. x is copied once per call into groups of up to kGroupBatch rows, word-major (per
 // 32-column word, the group's rows side by side: one pointer and fixed offsets reach them all,
 // and the last partial word is zero-padded). Each group passes over W a chunk of rows at a time
 // (kChunkRows), every group over one chunk before the next, so W streams from memory once: per
@@ -156,7 +156,7 @@ inline int64_t grouped_workspace_floats(const BitmapMatrix& w, int64_t batch) {
 
 template <typename Expand>
 void grouped(const BitmapMatrix& w, const DenseArgs& a) {
-  // x is small here (at most kGroupedUpTo rows): the calling thread copies it, with no barrier.
+  // x is small here (at most 24 rows): the calling thread copies it, with no barrier.
   auto* packed = reinterpret_cast<uint16_t*>(a.workspace);
   for (int64_t g = 0; g < groups_of(a.batch); ++g) {
     const int64_t b0 = group_start(a.batch, g), nb = group_start(a.batch, g + 1) - b0;

@@ -144,6 +144,26 @@ bool cpu_supports(Isa isa) {
   return supported[int(isa)];
 }
 
+// Computed once, like cpu_supports: CPUID traps to the hypervisor in a VM.
+int amd_family() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const int family = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    char vendor[13] = {};
+    std::memcpy(vendor, &b, 4);
+    std::memcpy(vendor + 4, &d, 4);
+    std::memcpy(vendor + 8, &c, 4);
+    if (std::strcmp(vendor, "AuthenticAMD") != 0 || !__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const unsigned base = (a >> 8) & 0xF;
+    return int(base == 0xF ? base + ((a >> 20) & 0xFF) : base);
+  }();
+  return family;
+#else
+  return 0;
+#endif
+}
+
 Isa best_cpu_isa() {
   Isa best = Isa::scalar;
   for (Isa isa : kAllIsas)

@@ -36,5 +36,8 @@ bool cpu_has(const std::string& feature);
 bool feature_known(const std::string& feature);
 // The last ISA in the table that this CPU supports.
 Isa best_cpu_isa();
+// The CPUID family of an AMD CPU (0x19: Zen 3 and Zen 4, of which only Zen 4 has AVX-512;
+// 0x1A: Zen 5), 0 on any other vendor. For choices measured to differ between those CPUs.
+int amd_family();
 
 }  // namespace sparsekern::cpu
