@@ -158,11 +158,30 @@ def _save_disk_cache(key: str) -> None:
 
 @lru_cache(maxsize=1)
 def cpu_model() -> str:
+    """This CPU as describe_cpu() names it from /proc/cpuinfo: part of every cached choice's
+    key, and the name benchmark reports print."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+            cpuinfo = f.read()
+    except OSError:
+        cpuinfo = ""
+    return describe_cpu(cpuinfo) or platform.processor() or platform.machine()
+
+
+def describe_cpu(cpuinfo: str) -> str:
+    """The first CPU's name in /proc/cpuinfo's text with its CPUID family and model ("AMD EPYC
+    (family 25, model 17)"); "" without a name. A bare name can hide the generation: Zen 4 and
+    Zen 5 virtual machines both call themselves "AMD EPYC", and the kernels' choices differ."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():  # the first CPU's block ends here
+            break
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    name = fields.get("model name", "")
+    if name and "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 @lru_cache(maxsize=1)
@@ -190,10 +209,10 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     """(format, why): the packed format that measured fastest against dense at every batch
     size in `batch_sizes`, on this machine, with this layer's shape, sparsity and dtypes, if it
     beat dense by WIN_MARGIN everywhere; else 'dense'. Only formats that can hold the mask
-    are candidates. Choices persist on disk (cache_path()), keyed by the machine (CPU model,
-    ISA, threads, or GPU), the kernels' build (kernels_build()), shape, sparsity, dtypes,
-    batch sizes and candidates, so the same layer gets the same choice on the same machine
-    with the same kernels."""
+    are candidates. Choices persist on disk (cache_path()), keyed by the machine (CPU name,
+    family and model, ISA, threads, or GPU), the kernels' build (kernels_build()), shape,
+    sparsity, dtypes, batch sizes and candidates, so the same layer gets the same choice on
+    the same machine with the same kernels."""
     out_features, in_features = weight.shape
     nnz = int(mask.sum())
     sparsity = 1 - nnz / max(1, weight.numel())
@@ -299,8 +318,8 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
 # times a few alternatives against those defaults, each paired with the default kernel alone
 # (timing.paired_ratios), and keeps one only if it won every round by TUNE_MARGIN at every
 # tuned batch size and a second measurement agrees: a tie keeps the defaults. Choices persist
-# on disk beside the format choices, keyed by CPU model, ISA, threads, the kernels' build,
-# format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off
+# on disk beside the format choices, keyed by CPU name, family and model, ISA, threads, the
+# kernels' build, format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off
 # (the derived defaults, deterministic); the test suites set it.
 
 TUNE_ENV = "SPARSEKERN_TUNE"

@@ -135,6 +135,33 @@ def test_other_kernels_do_not_reuse_a_saved_choice(monkeypatch):
     assert set(sk.summary(second).plan.values()) == {"dense"}
 
 
+ZEN4_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n" \
+               "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: other\n"
+
+
+def test_cpu_names_carry_family_and_model():
+    assert planner.describe_cpu(ZEN4_CPUINFO) == "AMD EPYC (family 25, model 17)"
+    assert planner.describe_cpu(ZEN4_CPUINFO.replace("25", "26").replace("17", "2")) == "AMD EPYC (family 26, model 2)"
+    assert planner.describe_cpu("model name\t: Some CPU\n") == "Some CPU"
+    assert planner.describe_cpu("") == ""
+
+
+def test_another_cpu_generation_does_not_reuse_a_saved_choice(monkeypatch):
+    """Zen 4 and Zen 5 virtual machines share the name "AMD EPYC": a choice one saved in a
+    shared cache directory is measured again on the other."""
+    monkeypatch.setattr(planner, "cpu_model", lambda: planner.describe_cpu(ZEN4_CPUINFO))
+    monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([4.0] * 9)))
+    first = sk.sparsify(pruned_mlp(), format="auto", progress=False)
+    assert set(sk.summary(first).plan.values()) == {"csr"}
+    monkeypatch.setattr(planner, "_format_cache", {})
+    monkeypatch.setattr(planner, "_disk_loaded", False)
+    zen5 = ZEN4_CPUINFO.replace("family\t: 25", "family\t: 26").replace("\t\t: 17", "\t\t: 2")
+    monkeypatch.setattr(planner, "cpu_model", lambda: planner.describe_cpu(zen5))
+    monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([0.5] * 9)))
+    second = sk.sparsify(pruned_mlp(), format="auto", progress=False)
+    assert set(sk.summary(second).plan.values()) == {"dense"}
+
+
 def test_plan_pins_choices_without_timing(monkeypatch):
     monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([4.0] * 9)))
     model = sk.sparsify(pruned_mlp(), format="auto", progress=False)
