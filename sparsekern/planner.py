@@ -319,8 +319,8 @@ def _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes
 # (timing.paired_ratios), and keeps one only if it won every round by TUNE_MARGIN at every
 # tuned batch size and a second measurement agrees: a tie keeps the defaults. Choices persist
 # on disk beside the format choices, keyed by CPU name, family and model, ISA, threads, the
-# kernels' build, format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0 turns tuning off
-# (the derived defaults, deterministic); the test suites set it.
+# kernels' build, format, shape, sparsity, value dtype and batch buckets. SPARSEKERN_TUNE=0
+# turns tuning off (the derived defaults, deterministic); the test suites set it.
 
 TUNE_ENV = "SPARSEKERN_TUNE"
 TUNE_MARGIN = 1.05

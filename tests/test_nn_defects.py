@@ -135,8 +135,9 @@ def test_other_kernels_do_not_reuse_a_saved_choice(monkeypatch):
     assert set(sk.summary(second).plan.values()) == {"dense"}
 
 
-ZEN4_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n" \
-               "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: other\n"
+# Two CPUs' blocks of /proc/cpuinfo: only the first one names the machine.
+ZEN4_CPUINFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: other\n")
 
 
 def test_cpu_names_carry_family_and_model():

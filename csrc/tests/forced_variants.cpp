@@ -38,7 +38,8 @@ int64_t bitmap_tables_workspace_floats(const cpu::BitmapMatrix& w, int64_t batch
 }
 
 void bitmap_tables_linear(const cpu::BitmapMatrix& w, const cpu::DenseArgs& a) {
-  if (a.batch > 0 && w.rows > 0) cpu::bitmapbf16::product<cpu::ExpandTables>(w, a, cpu::bitmapbf16::cpu_grouped_rule());
+  using namespace cpu::bitmapbf16;
+  if (a.batch > 0 && w.rows > 0) product<cpu::ExpandTables>(w, a, cpu_grouped_rule());
 }
 
 namespace {

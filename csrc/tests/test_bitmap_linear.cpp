@@ -18,7 +18,8 @@ using namespace sparsekern::test;
 
 namespace {
 
-// The tile kernel on emulated tiles, or the native bf16 path's table expansion.
+// The tile kernel on emulated tiles, the native bf16 paths' table expansion, or their split by
+// the other CPUs' grouped rule.
 enum class Forced { none, emulated_tiles, expansion_tables, other_grouped_rule };
 
 struct Case {

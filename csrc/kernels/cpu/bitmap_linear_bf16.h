@@ -71,9 +71,10 @@ struct GroupedRule {
 constexpr GroupedRule kGroupedRule{16, 0.45};
 // Zen 4 (AMD family 19h), where the tiled path's one-tile case runs further from vdpbf16ps's
 // rate: on one thread with W in L2 (240 x 4096, 50%, batch 16) it took 1.19x the grouped
-// path's time (58% of the vdpbf16ps rate against 69%). Grouped / tiled time, 4096 x 4096 and 11008 x 4096 at 30%
-// and 50% density, 2 threads, W in L3 and from DRAM: 0.89-0.98x at batch 16, 0.89-0.93x at
-// 24, 1.04-1.08x at 28.
+// path's time (its products alone would take 58% of it, the grouped path's 69%; at batch 64
+// the tiled path's take 79%). Grouped / tiled time, 4096 x 4096 and 11008 x 4096 at 30% and
+// 50% density, 2 threads, W in L3 and from DRAM: 0.89-0.98x at batch 16, 0.89-0.93x at 24,
+// 1.04-1.08x at 28.
 constexpr GroupedRule kGroupedRuleZen4{24, 2.0};
 
 inline const GroupedRule& cpu_grouped_rule() {

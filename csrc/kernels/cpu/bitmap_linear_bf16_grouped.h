@@ -1,12 +1,13 @@
 // Bitmap with bf16 values and bf16 activations for the batches bitmapbf16::takes_grouped
-// gives it (up to 16 or 24 rows), read natively. x is copied once per call into groups of up to kGroupBatch rows, word-major (per
-// 32-column word, the group's rows side by side: one pointer and fixed offsets reach them all,
-// and the last partial word is zero-padded). Each group passes over W a chunk of rows at a time
-// (kChunkRows), every group over one chunk before the next, so W streams from memory once: per
-// 32-column word, each of kGroupRows rows of W has its next popcount values expanded into the
-// 32 bf16 lanes of their columns in a register (bitmap_expand_bf16.h), and one vdpbf16ps per
-// row of W and row of x multiplies 32 columns. Sums run over columns within the lanes and are
-// reduced once per row. Included by bitmap_linear_bf16.h.
+// gives it (up to 16 or 24 rows), read natively. x is copied once per call into groups of up
+// to kGroupBatch rows, word-major (per 32-column word, the group's rows side by side: one
+// pointer and fixed offsets reach them all, and the last partial word is zero-padded). Each
+// group passes over W a chunk of rows at a time (kChunkRows), every group over one chunk before
+// the next, so W streams from memory once: per 32-column word, each of kGroupRows rows of W
+// has its next popcount values expanded into the 32 bf16 lanes of their columns in a register
+// (bitmap_expand_bf16.h), and one vdpbf16ps per row of W and row of x multiplies 32 columns.
+// Sums run over columns within the lanes and are reduced once per row. Included by
+// bitmap_linear_bf16.h.
 //
 // Against the tiled path (bitmap_linear_bf16.h) this does the same products without storing the
 // expanded words and broadcasting them back, and each load of x serves kGroupRows rows of W.
