@@ -75,7 +75,7 @@ constexpr GroupedRule kGroupedRule{16, 0.45};
 // the tiled path's take 79%). Grouped / tiled time, 4096 x 4096 and 11008 x 4096 at 30% and
 // 50% density, 2 threads, W in L3 and from DRAM: 0.89-0.98x at batch 16, 0.89-0.93x at 24,
 // 1.04-1.08x at 28.
-constexpr GroupedRule kGroupedRuleZen4{24, 2.0};
+constexpr GroupedRule kGroupedRuleZen4{24, 2.0};  // 2.0: above any density, so 16 stays grouped
 
 inline const GroupedRule& cpu_grouped_rule() {
   static const GroupedRule& rule = amd_family() == 0x19 ? kGroupedRuleZen4 : kGroupedRule;
