@@ -84,17 +84,20 @@ int main() {
             }
   }
   // Block remainders of the vectorized paths: rows 1..17 and around the output row blocks
-  // (32 and 64 rows), batches around the tiles (16 and 32 lanes), and row lengths around the
-  // 8- and 16-lane pieces of the batch-1 dot product (dense rows of 7..33 columns).
+  // (32 and 64 rows), batches around the tiles (16 and 32 lanes; bf16's pairs of 32-lane tiles
+  // and a tile left over: 64, 65, 97), and row lengths around the 8- and 16-lane pieces of the
+  // batch-1 dot product (dense rows of 7..33 columns). bf16 values meet bf16 activations (the
+  // native path) in one case of six, with either index type.
   for (Isa isa : isas) {
     if (isa == Isa::scalar) continue;
     for (int64_t rows = 1; rows <= 130; rows += rows < 17 ? 1 : 16)
       for (int64_t cols : {7, 8, 9, 16, 17, 24, 33})
-        for (int64_t batch : {1, 2, 15, 16, 17, 31, 32, 33, 64, 65})
+        for (int64_t batch : {1, 2, 15, 16, 17, 31, 32, 33, 64, 65, 97})
           for (double density : {0.5, 1.0}) {
             const IndexType it = cases % 2 ? IndexType::u16 : IndexType::i32;
             const ValueType vt = cases % 3 ? ValueType::f32 : ValueType::bf16;
-            run_case({rows, cols, batch, density, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3}, isa, rng);
+            const ActType act = cases / 2 % 2 ? ActType::f32 : ActType::bf16;
+            run_case({rows, cols, batch, density, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3, act}, isa, rng);
             ++cases;
           }
   }

@@ -15,13 +15,11 @@ template <typename Tiles, typename IndexT>
 void product(const CsrMatrix& w, const DenseArgs& a) {
   const auto* cols = static_cast<const IndexT*>(w.col_idx);
   const auto* values = static_cast<const uint16_t*>(w.values);
-  Tiles::batched(a, w.rows, w.cols, w.row_ptr, [&](int64_t r, const uint16_t* tile, float* out) {
+  Tiles::batched(a, w.rows, w.cols, w.row_ptr, [&](int64_t r, auto& sums, const uint16_t* const* tiles) {
     const int64_t j0 = w.row_ptr[r];
     const IndexT* row_cols = cols + j0;
-    typename Tiles::RowSums sums;
-    sums.add(tile, values + j0, w.row_ptr[r + 1] - j0,
+    sums.add(tiles, values + j0, w.row_ptr[r + 1] - j0,
              [&](int64_t j) { return int64_t(row_cols[j]) << Tiles::kShift; });
-    sums.store(out);
   });
 }
 
