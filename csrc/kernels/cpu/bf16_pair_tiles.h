@@ -182,11 +182,12 @@ struct PairTiles {
     }
   };
 
-  // Tiles whose sums one pass over a row computes. Two 32-lane tiles (their x, 2 x 64 bytes a
-  // column, stays in a 1 MiB L2 up to 4096 columns) ran 1.07-1.25x faster than one at a time
-  // for 4096 x 4096 and 4096 x 11008 at 70% and 90%, batches 48-256 (Zen 4, 2 threads, C++
-  // A/B), within 1-6% either way for layers of 1M weights; four at a time lost 11-17% at batch
-  // 128 and 256. 16-lane tiles are for batches up to 16: one tile.
+  // Tiles whose sums one pass over a row computes. Two 32-lane tiles ran 1.03-1.25x faster than
+  // one at a time (Zen 4, 2 threads, C++ A/B, batches 33-256, 4096 x 4096, 11008 x 4096 and
+  // 4096 x 11008 at 50-90%; 1.07-1.12x at 11008 columns, where their x, 2 x 64 bytes a column,
+  // outgrows a 1 MiB L2), within 6% either way for layers of 1M weights. Four at a time lost
+  // 11-17% at batch 128 and 256 (x of 1 MiB at 4096 columns). 16-lane tiles are for batches
+  // up to 16: one tile.
   static constexpr int kTilesAtOnce = Lanes == 32 ? 2 : 1;
 
   // Output rows [r0, r1) for tiles [t0, t0 + NT); row_sums(r, sums, tiles) adds row r's
