@@ -110,7 +110,7 @@ def test_opcheck(fmt, x_shape):
     torch.library.opcheck(sampled_grad, (grad_y, x.detach(), *tensors, 40))
 
 
-@pytest.mark.parametrize("batch", [0, 1, 3, 17, 64])
+@pytest.mark.parametrize("batch", [0, 1, 3, 17, 64, 97])
 @pytest.mark.parametrize("value_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_matches_float64_reference_on_every_isa(fmt, isa, batch, value_dtype, x_dtype):
