@@ -6,6 +6,8 @@
 #include <fstream>
 #include <string>
 
+#include "cpu_features.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
@@ -48,7 +50,7 @@ void read_sysfs(CacheSizes* c) {
 void read_cpuid(CacheSizes* c) {
   unsigned a, b, cx, d;
   if (!__get_cpuid(0, &a, &b, &cx, &d)) return;
-  const bool amd = b == 0x68747541;  // "Auth"enticAMD
+  const bool amd = amd_family() != 0;
   const unsigned leaf = amd ? 0x8000001Du : 4u;
   if (amd && __get_cpuid_max(0x80000000u, nullptr) < leaf) return;
   if (!amd && a < leaf) return;
