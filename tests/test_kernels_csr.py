@@ -32,6 +32,32 @@ def test_shapes_batches_densities(isa, shape, value_dtype):
             assert_matches_reference(y, x, stored, bias if batch % 2 else None)
 
 
+# A kernel that lives across calls (a layer's, or the op path's cached one) builds the
+# column-chunked copy (csr_chunks.h) for bf16 batched calls, for matrices with a fifth of their
+# weights kept or more, where x's tiles outgrow L1 (CsrFamily::wants_chunks): columns around its
+# 256-column chunks, rows around its 32-row blocks, batches around the tile widths, strided x.
+# Sparser rows keep reading the canonical buffers.
+@pytest.mark.parametrize("out_features, in_features", [(33, 2049), (70, 2560)])
+@pytest.mark.parametrize("density", [0.5, 0.1])
+@pytest.mark.parametrize("batch", [2, 16, 17, 33, 97])
+def test_bf16_kept_kernel_every_isa(isa, out_features, in_features, density, batch):
+    g = torch.Generator().manual_seed(batch)
+    weight, mask = random_sparse_weight(out_features, in_features, density, generator=g)
+    packed = csr.pack(weight, mask, torch.bfloat16)
+    stored = csr.unpack(packed, weight.shape, torch.float64)
+    x = torch.randn(batch, 2 * in_features, generator=g).bfloat16()[:, ::2] if batch % 2 else \
+        torch.randn(batch, in_features, generator=g).bfloat16()
+    bias = torch.randn(out_features, generator=g) if batch != 16 else None
+    kernel = csr.kernel(packed, in_features, out_features)
+    kernel.keep_layouts()
+    for _ in range(2):  # the first call builds the copy, the second reuses it
+        y = ops.run_kernel("csr", kernel, x, bias, in_features, out_features, isa=isa)
+        assert y.dtype == torch.bfloat16
+        assert_matches_reference(y, x, stored, bias)
+    chunked = isa in ("avx512bf16", "amx") and density > 0.2
+    assert (kernel.derived_bytes() > 0) == chunked
+
+
 def test_empty_rows_get_bias(isa):
     weight, mask = random_sparse_weight(9, 40, 0.5)
     mask[::2] = False  # every other row empty

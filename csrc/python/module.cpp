@@ -13,16 +13,19 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../kernels/cpu/bitmap_linear.h"
 #include "../kernels/cpu/cpu_features.h"
+#include "../kernels/cpu/csr_chunks.h"
 #include "../kernels/cpu/csr_spmm.h"
 #include "../kernels/cpu/nm24_lanes.h"
 #include "../kernels/cpu/nm24_linear.h"
@@ -115,33 +118,69 @@ void check_shape(int64_t rows, int64_t cols) {
 // Output elements from which run() releases the GIL.
 constexpr int64_t kReleaseGilFrom = 4096;
 
-// Layouts a kernel object derives from its buffers for some calls (2:4's rows-in-lanes copy,
-// nm24_lanes.h), built on the first call that wants them and shared by the object's copies.
-// Only objects that live across calls build them (keep_layouts(): a layer's cached kernel and
-// the op path's, which their owners replace whenever a buffer is replaced or changed in place:
-// SparseLinear._handle_key, ops._op_kernel); an object made for one call would pay the copy
-// on every call.
+// The layout a family's kernels may read beside its canonical buffers, for the families that
+// have one: its type, whether a call wants it, how it is built and how a matrix points at it.
 template <typename Family>
-struct DerivedLayouts {
-  void keep() {}
-  void attach(cpu::Isa, typename Family::Matrix&, cpu::ActType, int64_t) const {}
+struct DerivedLayout;  // none
+
+template <>
+struct DerivedLayout<cpu::Nm24Family> {  // 2:4's rows-in-lanes copy, nm24_lanes.h
+  using Layout = cpu::Nm24Lanes;
+  static bool wanted(cpu::Isa isa, const cpu::Nm24Matrix& w, cpu::ActType act, int64_t batch) {
+    return cpu::Nm24Family::wants_lanes(isa, w, act, batch);
+  }
+  static Layout build(const cpu::Nm24Matrix& w) { return cpu::build_nm24_lanes(w); }
+  static void attach(cpu::Nm24Matrix& w, const Layout& l) { w.lanes = &l; }
+  static int64_t bytes(const Layout& l) { return int64_t(l.pairs.size() * 4 + l.nibbles.size()); }
 };
 
 template <>
-struct DerivedLayouts<cpu::Nm24Family> {
+struct DerivedLayout<cpu::CsrFamily> {  // CSR's column-chunked copy, csr_chunks.h
+  using Layout = cpu::CsrChunks;
+  static bool wanted(cpu::Isa isa, const cpu::CsrMatrix& w, cpu::ActType act, int64_t batch) {
+    return cpu::CsrFamily::wants_chunks(isa, w, act, batch);
+  }
+  static Layout build(const cpu::CsrMatrix& w) { return cpu::build_csr_chunks(w); }
+  static void attach(cpu::CsrMatrix& w, const Layout& l) { w.chunks = &l; }
+  static int64_t bytes(const Layout& l) {
+    return int64_t(l.starts.size() * sizeof(int64_t) + l.columns.size() + l.values.size() * 2);
+  }
+};
+
+// A kernel object's derived layout, built on the first call that wants it and shared by the
+// object's copies. Only objects that live across calls build one (keep_layouts(): a layer's
+// cached kernel and the op path's, which their owners replace whenever a buffer is replaced
+// or changed in place: SparseLinear._handle_key, ops._op_kernel); an object made for one call
+// would pay the copy on every call.
+template <typename Family, typename = void>
+struct DerivedLayouts {
+  void keep() {}
+  void attach(cpu::Isa, typename Family::Matrix&, cpu::ActType, int64_t) const {}
+  int64_t bytes() const { return 0; }
+};
+
+template <typename Family>
+struct DerivedLayouts<Family, std::void_t<typename DerivedLayout<Family>::Layout>> {
+  using Derived = DerivedLayout<Family>;
   struct Lazy {
     std::once_flag once;
-    cpu::Nm24Lanes lanes;
+    typename Derived::Layout layout;
+    std::atomic<bool> built{false};
   };
   std::shared_ptr<Lazy> lazy;
   void keep() {
     if (!lazy) lazy = std::make_shared<Lazy>();
   }
-  void attach(cpu::Isa isa, cpu::Nm24Matrix& w, cpu::ActType act, int64_t batch) const {
-    if (!lazy || !cpu::Nm24Family::wants_lanes(isa, w, act, batch)) return;
-    std::call_once(lazy->once, [&] { lazy->lanes = cpu::build_nm24_lanes(w); });
-    w.lanes = &lazy->lanes;
+  void attach(cpu::Isa isa, typename Family::Matrix& w, cpu::ActType act, int64_t batch) const {
+    if (!lazy || !Derived::wanted(isa, w, act, batch)) return;
+    std::call_once(lazy->once, [&] {
+      lazy->layout = Derived::build(w);
+      lazy->built = true;
+    });
+    Derived::attach(w, lazy->layout);
   }
+  // Memory the layout holds once built (0 before).
+  int64_t bytes() const { return lazy && lazy->built ? Derived::bytes(lazy->layout) : 0; }
 };
 
 // One packed weight and its family's kernels.
@@ -239,7 +278,9 @@ void bind_kernel(py::module_& m, const char* name, const char* doc) {
       .def_readwrite("tiles", &Kernel::tiles, "The cache tiles this weight's calls use (TileParams).")
       .def("keep_layouts", [](Kernel& k) { k.derived.keep(); },
            "Let this object build and keep layouts derived from its buffers for the calls that gain from them "
-           "(for objects that live across calls; the buffers must not change in place meanwhile).");
+           "(for objects that live across calls; the buffers must not change in place meanwhile).")
+      .def("derived_bytes", [](const Kernel& k) { return k.derived.bytes(); },
+           "Bytes of memory the layouts derived so far hold, beside the buffers (0 when none is built).");
 }
 
 py::dict cache_dict(const cpu::CacheSizes& c) {

@@ -1,12 +1,14 @@
 // C++ kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1/odd, empty rows, odd and prime sizes, uint16 and int32 indices,
 // fp32 and bf16 values, fp32 and bf16 activations, strided x, no bias). Exit code 0 when all pass.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "csr_chunks.h"
 #include "csr_spmm.h"
 #include "dense_harness.h"
 
@@ -23,6 +25,10 @@ struct Case {
   bool bias;
   int64_t x_pad;
   ActType act = ActType::f32;
+  // bf16 values: give the matrix its column-chunked copy (csr_chunks.h), as the Python module
+  // does for a layer's kernel when CsrFamily::wants_chunks says so (here whatever it says, so
+  // that every shape meets the chunked path).
+  bool chunks = false;
 };
 
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
@@ -42,6 +48,11 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
       }
     row_ptr.push_back(int64_t(cols32.size()));
   }
+  if (c.chunks)  // columns in descending order: neither the kernels nor the copy may assume an order
+    for (int64_t r = 0; r < c.rows; ++r) {
+      std::reverse(cols32.begin() + row_ptr[r], cols32.begin() + row_ptr[r + 1]);
+      std::reverse(vals.begin() + row_ptr[r], vals.begin() + row_ptr[r + 1]);
+    }
   std::vector<uint16_t> cols16(cols32.begin(), cols32.end()), vals16;
   for (float v : vals) vals16.push_back(to_bf16(v));
 
@@ -53,8 +64,13 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.col_idx = c.index_type == IndexType::u16 ? (const void*)cols16.data() : (const void*)cols32.data();
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
+  CsrChunks chunks;
+  if (bf16 && c.chunks) {
+    chunks = build_csr_chunks(w);
+    w.chunks = &chunks;
+  }
   const std::string label = std::string("csr isa=") + isa_name(isa) + " idx=" + std::to_string(int(c.index_type)) +
-                            " val=" + std::to_string(int(c.value_type));
+                            " val=" + std::to_string(int(c.value_type)) + (w.chunks ? " chunks" : "");
   run_and_check({c.rows, c.cols, c.batch, c.bias, c.x_pad, c.act}, terms,
                 workspace_floats(isa, w, c.batch, c.act, 2), rng,
                 [&](const DenseArgs& a) { linear(isa, w, a); }, label.c_str());
@@ -79,7 +95,7 @@ int main() {
               if (s[1] > 65536 && (batch > 17 || density > 0.05)) continue;  // keep it quick
               const bool bias = (cases % 3) != 0;
               const ActType act = cases % 4 == 1 ? ActType::bf16 : ActType::f32;
-              run_case({s[0], s[1], batch, density, it, vt, bias, cases % 2 ? 0 : 5, act}, isa, rng);
+              run_case({s[0], s[1], batch, density, it, vt, bias, cases % 2 ? 0 : 5, act, cases % 8 < 4}, isa, rng);
               ++cases;
             }
   }
@@ -97,9 +113,24 @@ int main() {
             const IndexType it = cases % 2 ? IndexType::u16 : IndexType::i32;
             const ValueType vt = cases % 3 ? ValueType::f32 : ValueType::bf16;
             const ActType act = cases / 2 % 2 ? ActType::f32 : ActType::bf16;
-            run_case({rows, cols, batch, density, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3, act}, isa, rng);
+            run_case({rows, cols, batch, density, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3, act, cases % 8 < 4}, isa,
+                     rng);
             ++cases;
           }
+  }
+  // The column-chunked copy (csr_chunks.h) of bf16 matrices with bf16 activations: columns
+  // around one and two chunks (kChunkCols, 256), rows around its row blocks (kChunkRows, 32;
+  // threads split at block starts) and batches around the tile widths.
+  for (Isa isa : isas) {
+    if (isa == Isa::scalar) continue;
+    for (int64_t cols : {255, 256, 257, 511, 513, 1000})
+      for (int64_t rows : {1, 31, 32, 33, 70})
+        for (int64_t batch : {2, 16, 17, 33, 65}) {
+          const IndexType it = cases % 2 ? IndexType::u16 : IndexType::i32;
+          run_case({rows, cols, batch, cases % 3 ? 0.3 : 1.0, it, ValueType::bf16, cases % 5 != 0, cases % 4 ? 0 : 3,
+                    ActType::bf16, true}, isa, rng);
+          ++cases;
+        }
   }
   // Non-default tiles (the pack column block): batched calls only, where they are read.
   for (const TileParams& tiles : extra_tile_sets()) {

@@ -20,6 +20,9 @@
 // With two 32-lane tiles or more (batches above 32), each row's nonzeros go over two tiles at
 // once (kTilesAtOnce): the index and value loads of a pair serve both, and W streams from
 // memory once per two tiles instead of once per tile.
+// The tiles outgrow L1 from about a thousand columns. Given W's column-chunked copy
+// (csr_chunks.h), a block of kRowBlock rows multiplies one chunk of columns before the next
+// (rows_of_tiles), so that the chunk's part of the tiles is read from L1.
 #pragma once
 
 #include <immintrin.h>
@@ -169,15 +172,18 @@ struct PairTiles {
       if (j < n) step(tiles, at(j), at(j), values[j], 4 - kChainsPerStep);  // the odd one, with a zero weight
     }
 
-    // Tile t's Lanes sums in batch-row order.
-    void store(int t, float* out) const {
+    // Adds tile t's Lanes sums to out, in batch-row order.
+    void add_to(int t, float* out) const {
       const __m512* chains = acc[t];
       if constexpr (Lanes == 32) {
         const __m512 lo = _mm512_add_ps(chains[0], chains[2]), hi = _mm512_add_ps(chains[1], chains[3]);
-        _mm512_store_ps(out, _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[0]), hi));
-        _mm512_store_ps(out + 16, _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[1]), hi));
+        const __m512 first = _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[0]), hi);
+        const __m512 second = _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[1]), hi);
+        _mm512_store_ps(out, _mm512_add_ps(_mm512_load_ps(out), first));
+        _mm512_store_ps(out + 16, _mm512_add_ps(_mm512_load_ps(out + 16), second));
       } else {
-        _mm512_store_ps(out, _mm512_add_ps(_mm512_add_ps(chains[0], chains[1]), _mm512_add_ps(chains[2], chains[3])));
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(chains[0], chains[1]), _mm512_add_ps(chains[2], chains[3]));
+        _mm512_store_ps(out, _mm512_add_ps(_mm512_load_ps(out), sum));
       }
     }
   };
@@ -190,20 +196,27 @@ struct PairTiles {
   // up to 16: one tile.
   static constexpr int kTilesAtOnce = Lanes == 32 ? 2 : 1;
 
-  // Output rows [r0, r1) for tiles [t0, t0 + NT); row_sums(r, sums, tiles) adds row r's
-  // nonzeros into a RowSums<NT> over the NT tiles `tiles`.
-  template <int NT, typename RowFn>
+  // Output rows [r0, r1) for tiles [t0, t0 + NT), over the columns in `chunks` chunks of
+  // chunk_cols (one chunk of all columns for plain CSR): a block of kRowBlock rows takes every
+  // chunk in turn, all its rows one chunk before the next, so that the chunk's part of the tiles
+  // stays in L1 (csr_chunks.h). segment(r, c, sums, tiles) adds row r's nonzeros in chunk c into
+  // a RowSums<NT> over the NT tiles `tiles`, which start at the chunk's first column, and
+  // returns how many it added.
+  template <int NT, typename SegmentFn>
   static void rows_of_tiles(const DenseArgs& a, int64_t out_rows, int64_t cols, const uint16_t* all_tiles, int64_t t0,
-                            int64_t r0, int64_t r1, const RowFn& row_sums) {
+                            int64_t r0, int64_t r1, int64_t chunks, int64_t chunk_cols, const SegmentFn& segment) {
     alignas(64) float out[NT][kRowBlock][Lanes];
-    const uint16_t* tiles[NT];
-    for (int t = 0; t < NT; ++t) tiles[t] = all_tiles + (t0 + t) * cols * Lanes;
     for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
       const int64_t block = std::min<int64_t>(kRowBlock, r1 - rb);
-      for (int64_t i = 0; i < block; ++i) {
-        RowSums<NT> sums;
-        row_sums(rb + i, sums, tiles);
-        for (int t = 0; t < NT; ++t) sums.store(t, out[t][i]);
+      for (int t = 0; t < NT; ++t) std::fill(&out[t][0][0], &out[t][0][0] + block * Lanes, 0.f);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const uint16_t* tiles[NT];
+        for (int t = 0; t < NT; ++t) tiles[t] = all_tiles + ((t0 + t) * cols + c * chunk_cols) * Lanes;
+        for (int64_t i = 0; i < block; ++i) {
+          RowSums<NT> sums;
+          if (segment(rb + i, c, sums, tiles) == 0) continue;
+          for (int t = 0; t < NT; ++t) sums.add_to(t, out[t][i]);
+        }
       }
       for (int t = 0; t < NT; ++t) {
         const int64_t first = (t0 + t) * Lanes;
@@ -214,20 +227,21 @@ struct PairTiles {
   }
 
   // Output rows [r0, r1) for every tile, kTilesAtOnce at a time.
-  template <typename RowFn>
+  template <typename SegmentFn>
   static void rows(const DenseArgs& a, int64_t out_rows, int64_t cols, const uint16_t* tiles, int64_t r0, int64_t r1,
-                   const RowFn& row_sums) {
+                   int64_t chunks, int64_t chunk_cols, const SegmentFn& segment) {
     int64_t t = 0;
     for (; t + kTilesAtOnce <= tiles_of(a.batch); t += kTilesAtOnce)
-      rows_of_tiles<kTilesAtOnce>(a, out_rows, cols, tiles, t, r0, r1, row_sums);
-    for (; t < tiles_of(a.batch); ++t) rows_of_tiles<1>(a, out_rows, cols, tiles, t, r0, r1, row_sums);
+      rows_of_tiles<kTilesAtOnce>(a, out_rows, cols, tiles, t, r0, r1, chunks, chunk_cols, segment);
+    for (; t < tiles_of(a.batch); ++t) rows_of_tiles<1>(a, out_rows, cols, tiles, t, r0, r1, chunks, chunk_cols, segment);
   }
 
   // The whole product: threads pack x together, then take rows by nonzeros (row_starts:
-  // CSR's row_ptr).
-  template <typename RowFn>
+  // CSR's row_ptr), each part starting at a multiple of row_align (a chunked layout's row
+  // blocks), and run rows(...) on them.
+  template <typename SegmentFn>
   static void batched(const DenseArgs& a, int64_t out_rows, int64_t cols, const int64_t* row_starts,
-                      const RowFn& row_sums) {
+                      int64_t row_align, int64_t chunks, int64_t chunk_cols, const SegmentFn& segment) {
     const int parts = useful_threads(row_starts[out_rows], a.batch, a.num_threads);
     auto* tiles = reinterpret_cast<uint16_t*>(a.workspace);
 #pragma omp parallel num_threads(parts) if (parts > 1)
@@ -236,8 +250,11 @@ struct PairTiles {
       const int team = omp_get_num_threads(), part = omp_get_thread_num();
       pack(a, cols, cols * part / team, cols * (part + 1) / team, tiles);
 #pragma omp barrier
-      rows(a, out_rows, cols, tiles, nnz_balanced_row(row_starts, out_rows, part, team),
-           nnz_balanced_row(row_starts, out_rows, part + 1, team), row_sums);
+      auto start = [&](int p) {
+        const int64_t r = nnz_balanced_row(row_starts, out_rows, p, team);
+        return r == out_rows ? r : r / row_align * row_align;
+      };
+      rows(a, out_rows, cols, tiles, start(part), start(part + 1), chunks, chunk_cols, segment);
     }
   }
 };

@@ -1,0 +1,46 @@
+// A second, in-memory layout of a CSR matrix with bf16 values, for its native bf16 batched path
+// (csr_spmm_bf16.h, bf16_pair_tiles.h): the nonzeros regrouped by chunks of kChunkCols columns.
+//
+// Without it each row walks its nonzeros over the whole transposed tile of x (128 KiB for 16
+// lanes at 4096 columns, 256 KiB per 32-lane tile), which L1 cannot hold: every row reloads
+// the lines it touches from L2. With it, a block of kChunkRows rows multiplies one chunk of the
+// tile (8 KiB at 16 lanes, 16 KiB per 32-lane tile) before the next chunk, so the chunk stays in
+// L1, and a column within a chunk fits a byte (3 bytes per nonzero where CSR's uint16 indices
+// take 4). The price is a partial sum per row and chunk, which is why it pays only on rows with
+// many nonzeros per chunk (CsrFamily::wants_chunks).
+//
+// The canonical buffers (CsrMatrix::row_ptr, col_idx, values) stay what files and state_dict
+// hold; this copy is derived from them by whoever owns the matrix (the Python module builds it
+// on the first call that wants it) and points CsrMatrix::chunks at it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "csr_spmm.h"
+
+namespace sparsekern::cpu {
+
+inline constexpr int64_t kChunkCols = 256;  // a column within a chunk is a uint8
+inline constexpr int64_t kChunkRows = 32;   // rows per block: the native path's output row block
+
+struct CsrChunks {
+  int64_t chunks = 0;      // ceil(cols / kChunkCols)
+  int64_t row_blocks = 0;  // ceil(rows / kChunkRows)
+  // [row_blocks][chunks][kChunkRows] + 1: where the nonzeros of row kChunkRows * block + i in
+  // chunk c start in `columns` and `values`; they end where the next entry starts. Rows past
+  // the matrix (the last block's padding) have none.
+  std::vector<int64_t> starts;
+  std::vector<uint8_t> columns;   // [nnz] column - kChunkCols * chunk
+  std::vector<uint16_t> values;   // [nnz] bf16 bits, in the same order
+
+  // Row r's nonzeros in chunk c: [first, end) of entry segment(r, c).
+  int64_t segment(int64_t r, int64_t c) const {
+    return ((r / kChunkRows) * chunks + c) * kChunkRows + r % kChunkRows;
+  }
+};
+
+// The copy of `w` (bf16 values). The columns of a row need not be sorted.
+CsrChunks build_csr_chunks(const CsrMatrix& w);
+
+}  // namespace sparsekern::cpu
