@@ -124,7 +124,9 @@ struct PairTiles {
   // wait on vdpbf16ps's latency): for 32 lanes two (lo, hi) sets, for 16 lanes four of one zmm.
   template <int NT>
   struct RowSums {
-    __m512 acc[NT][4];
+    static constexpr int kChains = 4;
+    static constexpr int kChainsPerStep = Lanes == 32 ? 2 : 1;
+    __m512 acc[NT][kChains];
 
     RowSums() {
       for (auto& chains : acc)
@@ -156,10 +158,14 @@ struct PairTiles {
     // Adds n nonzeros: values[j] (bf16) at tile offset at(j).
     template <typename At>
     void add(const uint16_t* const* tiles, const uint16_t* values, int64_t n, const At& at) {
-      constexpr int kChainsPerStep = Lanes == 32 ? 2 : 1;
+      constexpr int kSteps = kChains / kChainsPerStep;
       int64_t j = 0;
-      for (; j + 2 * (4 / kChainsPerStep) <= n; j += 2 * (4 / kChainsPerStep))
-        for (int s = 0; s < 4 / kChainsPerStep; ++s) {
+      for (; j + 2 * kSteps <= n; j += 2 * kSteps)
+        // Unrolled, so that every chain index is a constant: gcc 12 left the 32-lane single-tile
+        // loop storing all four chains to the stack on every pass (a chunked layer then ran at
+        // 0.75x of an unchunked one, Zen 4).
+#pragma GCC unroll 4
+        for (int s = 0; s < kSteps; ++s) {
           uint32_t pair;
           std::memcpy(&pair, values + j + 2 * s, 4);
           step(tiles, at(j + 2 * s), at(j + 2 * s + 1), pair, s * kChainsPerStep);
@@ -169,20 +175,22 @@ struct PairTiles {
         std::memcpy(&pair, values + j, 4);
         step(tiles, at(j), at(j + 1), pair, 0);
       }
-      if (j < n) step(tiles, at(j), at(j), values[j], 4 - kChainsPerStep);  // the odd one, with a zero weight
+      if (j < n) step(tiles, at(j), at(j), values[j], kChains - kChainsPerStep);  // the odd one, with a zero weight
     }
 
     // Adds tile t's Lanes sums to out, in batch-row order.
     void add_to(int t, float* out) const {
       const __m512* chains = acc[t];
       if constexpr (Lanes == 32) {
-        const __m512 lo = _mm512_add_ps(chains[0], chains[2]), hi = _mm512_add_ps(chains[1], chains[3]);
+        __m512 lo = chains[0], hi = chains[1];
+        for (int c = 2; c < kChains; c += 2) lo = _mm512_add_ps(lo, chains[c]), hi = _mm512_add_ps(hi, chains[c + 1]);
         const __m512 first = _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[0]), hi);
         const __m512 second = _mm512_permutex2var_ps(lo, _mm512_load_si512(kUnshuffle.index[1]), hi);
         _mm512_store_ps(out, _mm512_add_ps(_mm512_load_ps(out), first));
         _mm512_store_ps(out + 16, _mm512_add_ps(_mm512_load_ps(out + 16), second));
       } else {
-        const __m512 sum = _mm512_add_ps(_mm512_add_ps(chains[0], chains[1]), _mm512_add_ps(chains[2], chains[3]));
+        __m512 sum = chains[0];
+        for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, chains[c]);
         _mm512_store_ps(out, _mm512_add_ps(_mm512_load_ps(out), sum));
       }
     }
