@@ -36,7 +36,7 @@ def test_shapes_batches_densities(isa, shape, value_dtype):
 # column-chunked copy (csr_chunks.h) for bf16 batched calls, for matrices with a fifth of their
 # weights kept or more, where x's tiles outgrow L1 (CsrFamily::wants_chunks): columns around its
 # 256-column chunks, rows around its 32-row blocks, batches around the tile widths, strided x.
-# Sparser rows keep reading the canonical buffers.
+# Sparser matrices keep reading the canonical buffers.
 @pytest.mark.parametrize("out_features, in_features", [(33, 2049), (70, 2560)])
 @pytest.mark.parametrize("density", [0.5, 0.1])
 @pytest.mark.parametrize("batch", [2, 16, 17, 33, 97])

@@ -1,6 +1,7 @@
 // C++ kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1/odd, empty rows, odd and prime sizes, uint16 and int32 indices,
-// fp32 and bf16 values, fp32 and bf16 activations, strided x, no bias). Exit code 0 when all pass.
+// fp32 and bf16 values, fp32 and bf16 activations, strided x, no bias; bf16 with and without the
+// column-chunked copy of csr_chunks.h). Exit code 0 when all pass.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
