@@ -58,6 +58,22 @@ def test_bf16_kept_kernel_every_isa(isa, out_features, in_features, density, bat
     assert (kernel.derived_bytes() > 0) == chunked
 
 
+def test_op_path_chunked_copy_follows_in_place_updates():
+    """The op path keeps a kernel per values tensor, with its column-chunked copy for bf16
+    batches; an in-place update of the values or the columns must reach the next call."""
+    g = torch.Generator().manual_seed(5)
+    weight, mask = random_sparse_weight(40, 2100, 0.5, generator=g)
+    packed = csr.pack(weight, mask, torch.bfloat16)
+    stored = csr.unpack(packed, weight.shape, torch.float64)
+    x = torch.randn(16, 2100, generator=g).bfloat16()
+    assert_matches_reference(ops.linear_eager("csr", x, packed, None, 2100, 40), x, stored)
+    packed.values.mul_(2)
+    assert_matches_reference(ops.linear_eager("csr", x, packed, None, 2100, 40), x, 2 * stored)
+    packed.col_idx.copy_((packed.col_idx.long() + 1).remainder(2100).to(packed.col_idx.dtype))
+    moved = csr.unpack(packed, weight.shape, torch.float64)
+    assert_matches_reference(ops.linear_eager("csr", x, packed, None, 2100, 40), x, moved)
+
+
 def test_empty_rows_get_bias(isa):
     weight, mask = random_sparse_weight(9, 40, 0.5)
     mask[::2] = False  # every other row empty
