@@ -143,7 +143,7 @@ struct DerivedLayout<cpu::CsrFamily> {  // CSR's column-chunked copy, csr_chunks
   static Layout build(const cpu::CsrMatrix& w) { return cpu::build_csr_chunks(w); }
   static void attach(cpu::CsrMatrix& w, const Layout& l) { w.chunks = &l; }
   static int64_t bytes(const Layout& l) {
-    return int64_t(l.starts.size() * sizeof(int64_t) + l.columns.size() + l.values.size() * 2);
+    return int64_t(l.starts.size() * sizeof(int64_t) + l.columns.size() + l.value_words.size() * 4);
   }
 };
 

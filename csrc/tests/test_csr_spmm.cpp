@@ -1,6 +1,6 @@
 // C++ kernel tests: every ISA variant this CPU supports against a float64 reference, on
 // edge shapes (batch 0/1/odd, empty rows, odd and prime sizes, uint16 and int32 indices,
-// fp32 and bf16 values, fp32 and bf16 activations, strided x, no bias; bf16 with and without the
+// fp32 and bf16 values, fp32 and bf16 activations, strided x, no bias; with and without the
 // column-chunked copy of csr_chunks.h). Exit code 0 when all pass.
 #include <algorithm>
 #include <cstdint>
@@ -26,9 +26,9 @@ struct Case {
   bool bias;
   int64_t x_pad;
   ActType act = ActType::f32;
-  // bf16 values: give the matrix its column-chunked copy (csr_chunks.h), as the Python module
-  // does for a layer's kernel when CsrFamily::wants_chunks says so (here whatever it says, so
-  // that every shape meets the chunked path).
+  // Give the matrix its column-chunked copy (csr_chunks.h), as the Python module does for a
+  // layer's kernel when CsrFamily::wants_chunks says so (here whatever it says, so that every
+  // shape meets the chunked paths).
   bool chunks = false;
 };
 
@@ -66,7 +66,7 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   w.value_type = c.value_type;
   w.values = bf16 ? (const void*)vals16.data() : (const void*)vals.data();
   CsrChunks chunks;
-  if (bf16 && c.chunks) {
+  if (c.chunks) {
     chunks = build_csr_chunks(w);
     w.chunks = &chunks;
   }
@@ -119,17 +119,21 @@ int main() {
             ++cases;
           }
   }
-  // The column-chunked copy (csr_chunks.h) of bf16 matrices with bf16 activations: columns
-  // around one and two chunks (kChunkCols, 256), rows around its row blocks (kChunkRows, 32;
-  // threads split at block starts) and batches around the tile widths.
+  // The column-chunked copy (csr_chunks.h): columns around one and two chunks (kChunkCols,
+  // 256), rows around its row blocks (kChunkRows, 32; threads split at block starts) and the
+  // float32 path's 64-row blocks, batches around the tile widths; bf16 values with bf16
+  // activations (the native path), and float32 or bf16 values with float32 activations.
   for (Isa isa : isas) {
     if (isa == Isa::scalar) continue;
     for (int64_t cols : {255, 256, 257, 511, 513, 1000})
-      for (int64_t rows : {1, 31, 32, 33, 70})
-        for (int64_t batch : {2, 16, 17, 33, 65}) {
+      for (int64_t rows : {1, 31, 32, 33, 65, 97})
+        for (int64_t batch : {2, 9, 16, 17, 33, 65}) {
           const IndexType it = cases % 2 ? IndexType::u16 : IndexType::i32;
-          run_case({rows, cols, batch, cases % 3 ? 0.3 : 1.0, it, ValueType::bf16, cases % 5 != 0, cases % 4 ? 0 : 3,
-                    ActType::bf16, true}, isa, rng);
+          const int kind = cases % 3;  // bf16 values and activations, f32 values, bf16 values with f32 activations
+          const ValueType vt = kind == 1 ? ValueType::f32 : ValueType::bf16;
+          const ActType act = kind == 0 ? ActType::bf16 : ActType::f32;
+          run_case({rows, cols, batch, cases % 4 ? 0.3 : 1.0, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3, act, true}, isa,
+                   rng);
           ++cases;
         }
   }

@@ -258,11 +258,8 @@ struct PairTiles {
       const int team = omp_get_num_threads(), part = omp_get_thread_num();
       pack(a, cols, cols * part / team, cols * (part + 1) / team, tiles);
 #pragma omp barrier
-      auto start = [&](int p) {
-        const int64_t r = nnz_balanced_row(row_starts, out_rows, p, team);
-        return r == out_rows ? r : r / row_align * row_align;
-      };
-      rows(a, out_rows, cols, tiles, start(part), start(part + 1), chunks, chunk_cols, segment);
+      rows(a, out_rows, cols, tiles, nnz_balanced_row_aligned(row_starts, out_rows, part, team, row_align),
+           nnz_balanced_row_aligned(row_starts, out_rows, part + 1, team, row_align), chunks, chunk_cols, segment);
     }
   }
 };

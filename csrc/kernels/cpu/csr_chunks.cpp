@@ -2,6 +2,8 @@
 // it runs once per layer, not per call.
 #include "csr_chunks.h"
 
+#include <cstring>
+
 namespace sparsekern::cpu {
 
 namespace {
@@ -9,10 +11,12 @@ namespace {
 template <typename IndexT>
 void fill(const CsrMatrix& w, CsrChunks& c) {
   const auto* cols = static_cast<const IndexT*>(w.col_idx);
-  const auto* values = static_cast<const uint16_t*>(w.values);
+  const auto* values = static_cast<const char*>(w.values);
+  const size_t value_bytes = w.value_type == ValueType::f32 ? 4 : 2;
   const int64_t nnz = w.row_ptr[w.rows];
   c.columns.resize(size_t(nnz));
-  c.values.resize(size_t(nnz));
+  c.value_words.resize((size_t(nnz) * value_bytes + 3) / 4);
+  char* placed = reinterpret_cast<char*>(c.value_words.data());
   // Count each segment's nonzeros into the entry after it, sum, then place each nonzero.
   c.starts.assign(size_t(c.row_blocks * c.chunks * kChunkRows + 1), 0);
   for (int64_t r = 0; r < w.rows; ++r)
@@ -24,7 +28,7 @@ void fill(const CsrMatrix& w, CsrChunks& c) {
       const int64_t col = cols[j];
       const int64_t at = next[size_t(c.segment(r, col / kChunkCols))]++;
       c.columns[size_t(at)] = uint8_t(col % kChunkCols);
-      c.values[size_t(at)] = values[j];
+      std::memcpy(placed + size_t(at) * value_bytes, values + size_t(j) * value_bytes, value_bytes);
     }
 }
 

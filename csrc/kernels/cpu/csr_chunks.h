@@ -1,13 +1,14 @@
-// A second, in-memory layout of a CSR matrix with bf16 values, for its native bf16 batched path
-// (csr_spmm_bf16.h, bf16_pair_tiles.h): the nonzeros regrouped by chunks of kChunkCols columns.
+// A second, in-memory layout of a CSR matrix, for the batched paths (bf16: csr_spmm_bf16.h on
+// bf16_pair_tiles.h; float32 activations: csr_spmm_simd.h): the nonzeros regrouped by chunks
+// of kChunkCols columns.
 //
-// Without it each row walks its nonzeros over the whole transposed tile of x (128 KiB for 16
-// lanes at 4096 columns, 256 KiB per 32-lane tile), which L1 cannot hold: every row reloads
-// the lines it touches from L2. With it, a block of kChunkRows rows multiplies one chunk of the
-// tile (8 KiB at 16 lanes, 16 KiB per 32-lane tile) before the next chunk, so the chunk stays in
-// L1, and a column within a chunk fits a byte (3 bytes per nonzero where CSR's uint16 indices
-// take 4). The price is a partial sum per row and chunk, which is why it pays only on rows with
-// many nonzeros per chunk (CsrFamily::wants_chunks).
+// Without it each row walks its nonzeros over the whole transposed tile of x (bf16: 128 KiB
+// for 16 lanes at 4096 columns, 256 KiB per 32-lane tile; float32 twice that), which L1
+// cannot hold: every row reloads the lines it touches from L2. With it, a block of rows
+// multiplies one chunk of the tile (bf16: 8 KiB at 16 lanes, 16 KiB per 32-lane tile) before
+// the next chunk, so the chunk stays in L1, and a column within a chunk fits a byte (a byte
+// per nonzero less than CSR's uint16 indices). The price is a partial sum per row and chunk,
+// which is why it pays only on rows with many nonzeros per chunk (CsrFamily::wants_chunks).
 //
 // The canonical buffers (CsrMatrix::row_ptr, col_idx, values) stay what files and state_dict
 // hold; this copy is derived from them by whoever owns the matrix (the Python module builds it
@@ -32,7 +33,13 @@ struct CsrChunks {
   // the matrix (the last block's padding) have none.
   std::vector<int64_t> starts;
   std::vector<uint8_t> columns;   // [nnz] column - kChunkCols * chunk
-  std::vector<uint16_t> values;   // [nnz] bf16 bits, in the same order
+  // [nnz] the matrix's values (float or bf16 bits, as CsrMatrix::value_type), in the same order.
+  std::vector<uint32_t> value_words;
+
+  template <typename ValueT>
+  const ValueT* values() const {
+    return reinterpret_cast<const ValueT*>(value_words.data());
+  }
 
   // Row r's nonzeros in chunk c: [first, end) of entry segment(r, c).
   int64_t segment(int64_t r, int64_t c) const {
@@ -40,7 +47,7 @@ struct CsrChunks {
   }
 };
 
-// The copy of `w` (bf16 values). The columns of a row need not be sorted.
+// The copy of `w`. The columns of a row need not be sorted.
 CsrChunks build_csr_chunks(const CsrMatrix& w);
 
 }  // namespace sparsekern::cpu

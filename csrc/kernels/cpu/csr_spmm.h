@@ -4,6 +4,7 @@
 // The caller (csrc/python) has checked every size; these functions trust them.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "linear_args.h"
@@ -30,11 +31,6 @@ struct CsrMatrix {
   const CsrChunks* chunks = nullptr;
 };
 
-// Bytes per column of W of the transposed x tiles that the native bf16 path's pass over a row
-// reads (bf16_pair_tiles.h): 16 bf16 batch rows up to batch 16, 32 up to 32, two tiles of 32
-// above.
-inline int64_t bf16_pass_bytes_per_col(int64_t batch) { return batch <= 16 ? 32 : batch <= 32 ? 64 : 128; }
-
 // The per-ISA variants (linear_dispatch.h), each defined in csr_spmm_<isa>.cpp. The batched
 // path's workspace is the transposed, batch-tiled copy of x it vectorizes over.
 struct CsrFamily {
@@ -50,21 +46,36 @@ struct CsrFamily {
     return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16 && batch >= kBf16From;
   }
   static constexpr int64_t kBf16From = 2;
+  // Bytes per column of W of the transposed x tiles that one pass over a row reads in the
+  // batched paths: the native bf16 path (bf16_pair_tiles.h) 16 bf16 batch rows up to batch 16,
+  // 32 up to 32, two tiles of 32 above; the float32 path (csr_spmm_simd.h) one or two vectors
+  // of floats, as many as the batch needs.
+  static int64_t tile_bytes_per_col(Isa isa, const CsrMatrix& w, ActType act, int64_t batch) {
+    if (act == ActType::bf16 && reads_bf16(isa, w, batch)) return batch <= 16 ? 32 : batch <= 32 ? 64 : 128;
+    const int64_t width = isa == Isa::avx2 ? 8 : 16;
+    return std::min<int64_t>((batch + width - 1) / width, 2) * width * 4;
+  }
   // Whether a call would read CsrMatrix::chunks: the owner of the matrix builds that copy when
-  // this first says so. Each row pays a partial sum per chunk, so the copy is only for matrices
-  // with a fifth of their weights kept or more, and only where the tiles of x that one pass
-  // reads outgrow L1 (with fewer columns they stay there anyway). Chunked over unchunked time,
-  // C++ A/B, Zen 4 (32 KiB L1d), 2 threads, batches 2, 16, 64 (and 33, 256 at 4096 x 4096):
-  // - 4096 x 4096: 1.38-1.54x at 50% sparsity, 1.19-1.52x at 70%, 1.07-1.37x at 75%,
-  //   1.06-1.50x at 80%; at 85% 0.93-1.08x, at 90% 0.68-0.94x.
+  // this first says so. Batched calls of the vector ISAs (the scalar variant ignores the copy).
+  // Each row pays a partial sum per chunk, so the copy is only for matrices with a fifth of
+  // their weights kept or more, and only where the tiles of x that one pass reads outgrow L1
+  // (with fewer columns they stay there anyway). Chunked over unchunked time, C++ A/B, Zen 4
+  // (32 KiB L1d), 2 threads, native bf16 path, batches 2, 16, 64 (and 32, 33, 256 at 4096 x
+  // 4096):
+  // - 4096 x 4096: 1.31-1.69x at 50% sparsity, 1.10-1.60x at 70%, 1.02-1.26x at 80%; at 85%
+  //   0.93-1.08x, at 90% 0.68-0.94x.
   // - 11008 x 4096, 4096 x 11008, 5632 x 2048, 2048 x 5632 at 50% and 70%: 1.13-1.75x.
   // - 768 x 3072 (as those, one 16-row tile outgrows L1): 1.07-1.41x.
   // - 3072 x 768 and 1024 x 1024 at batch 2 and 16 (one 16-row tile fits): 0.90-1.03x; at 64
   //   (two 32-row tiles do not fit): 1.09-1.24x.
+  // The float32 path (avx512 code, float32 values and activations), batches 2, 16, 17, 64
+  //   (and 256 at 4096 x 4096): 4096 x 4096 1.33-1.59x at 50%, 1.16-1.32x at 70%, 1.07-1.18x
+  //   at 80%, 0.83-1.00x at 90%; 11008 x 4096, 4096 x 11008 1.21-1.58x; 768 x 3072, 3072 x
+  //   768 at 70% and 1024 x 1024 at 50%, 0.96-1.44x.
   static bool wants_chunks(Isa isa, const CsrMatrix& w, ActType act, int64_t batch) {
     const int64_t l1d = cpu_caches().l1d > 0 ? cpu_caches().l1d : 32 << 10;
-    return act == ActType::bf16 && reads_bf16(isa, w, batch) && 5 * w.row_ptr[w.rows] >= w.rows * w.cols &&
-           w.cols * bf16_pass_bytes_per_col(batch) > l1d;
+    return isa != Isa::scalar && batch >= 2 && 5 * w.row_ptr[w.rows] >= w.rows * w.cols &&
+           w.cols * tile_bytes_per_col(isa, w, act, batch) > l1d;
   }
 };
 

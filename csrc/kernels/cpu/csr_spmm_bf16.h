@@ -36,7 +36,7 @@ void chunked_product(const CsrMatrix& w, const DenseArgs& a) {
                  [&](int64_t r, int64_t chunk, auto& sums, const uint16_t* const* tiles) {
                    const int64_t at = c.segment(r, chunk), j0 = c.starts[at], n = c.starts[at + 1] - j0;
                    const uint8_t* columns = c.columns.data() + j0;
-                   sums.add(tiles, c.values.data() + j0, n,
+                   sums.add(tiles, c.values<uint16_t>() + j0, n,
                             [&](int64_t j) { return int64_t(columns[j]) << Tiles::kShift; });
                    return n;
                  });

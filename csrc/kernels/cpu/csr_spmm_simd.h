@@ -12,13 +12,16 @@
 // nonzero (r, c, v) becomes NACC aligned loads of tile row c and NACC FMAs into the
 // accumulators of output row r. Each weight is read once per tile, each activation load
 // feeds one FMA per lane, so the tile rows stream from L2 at one vector per FMA: L2
-// bandwidth (about 32 bytes a cycle on Zen 4) caps this at about half the FMA peak.
+// bandwidth (about 32 bytes a cycle on Zen 4) caps this at about half the FMA peak. Given W's
+// column-chunked copy (csr_chunks.h), a block of rows multiplies one chunk of columns before
+// the next (tile_rows), so that the chunk's part of the tile is read from L1 instead.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
 #include "bf16.h"
+#include "csr_chunks.h"
 #include "csr_spmm.h"
 #include "dispatch_types.h"
 #include "work_split.h"
@@ -114,13 +117,45 @@ void store_row_block(const float (*out)[NACC * V::width], float (*out_t)[kRowGro
   }
 }
 
+// Adds n nonzeros, values[j] at column cols[j] of `tile` ([cols][NACC * width]), into the
+// accumulators: even and odd nonzeros into separate sets, since NACC (<= 2) chains alone would
+// wait on the FMA latency (4 cycles); batch 16 runs 1.4x faster with two sets.
 template <typename V, int NACC, typename IndexT, typename ValueT>
-void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
+inline void add_row(const float* tile, const IndexT* cols, const ValueT* values, int64_t n,
+                    typename V::reg (&acc)[NACC]) {
+  constexpr int W = V::width;
+  constexpr int64_t T = int64_t(NACC) * W;
+  typename V::reg odd[NACC];
+  for (int k = 0; k < NACC; ++k) odd[k] = V::zero();
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) {
+    const auto v0 = V::set1(value_at(values, j)), v1 = V::set1(value_at(values, j + 1));
+    const float* x0 = tile + int64_t(cols[j]) * T;
+    const float* x1 = tile + int64_t(cols[j + 1]) * T;
+    for (int k = 0; k < NACC; ++k) {
+      acc[k] = V::fmadd(v0, V::load(x0 + k * W), acc[k]);
+      odd[k] = V::fmadd(v1, V::load(x1 + k * W), odd[k]);
+    }
+  }
+  if (j < n) {
+    const auto v0 = V::set1(value_at(values, j));
+    const float* x0 = tile + int64_t(cols[j]) * T;
+    for (int k = 0; k < NACC; ++k) acc[k] = V::fmadd(v0, V::load(x0 + k * W), acc[k]);
+  }
+  for (int k = 0; k < NACC; ++k) acc[k] = V::add(acc[k], odd[k]);
+}
+
+// Output rows [r0, r1) for every tile of x, over the columns in `chunks` chunks of chunk_cols
+// (one chunk of all columns for the canonical buffers): a block of output rows takes every
+// chunk in turn, all its rows one chunk before the next, so that the chunk's part of the tile
+// stays in L1 (csr_chunks.h). segment(r, c, tile, acc) adds row r's nonzeros in chunk c into
+// acc, `tile` starting at the chunk's first column.
+template <typename V, int NACC, typename SegmentFn>
+void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1, int64_t chunks, int64_t chunk_cols,
+               const SegmentFn& segment) {
   constexpr int W = V::width;
   constexpr int64_t T = int64_t(NACC) * W;
   constexpr int64_t RB = kRowGroups * W;
-  const auto* cols = static_cast<const IndexT*>(w.col_idx);
-  const auto* values = static_cast<const ValueT*>(w.values);
   // Rows past a partial block are transposed but never written to y; zeroed so that they
   // are never read uninitialized.
   alignas(64) float out[RB][T] = {};
@@ -130,37 +165,40 @@ void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
     const int64_t valid = std::min<int64_t>(T, a.batch - t0);
     for (int64_t rb = r0; rb < r1; rb += RB) {
       const int64_t block = std::min<int64_t>(RB, r1 - rb);
-      for (int64_t i = 0; i < block; ++i) {
-        const int64_t r = rb + i;
-        // Even and odd nonzeros feed separate accumulators: NACC (<= 2) chains alone would
-        // wait on the FMA latency (4 cycles); batch 16 runs 1.4x faster with two sets.
-        typename V::reg acc[NACC], odd[NACC];
-        for (int k = 0; k < NACC; ++k) {
-          acc[k] = V::set1(a.bias ? a.bias[r] : 0.f);
-          odd[k] = V::zero();
+      for (int64_t i = 0; i < block; ++i)
+        for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, V::set1(a.bias ? a.bias[rb + i] : 0.f));
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int64_t i = 0; i < block; ++i) {
+          typename V::reg acc[NACC];
+          for (int k = 0; k < NACC; ++k) acc[k] = V::load(out[i] + k * W);
+          segment(rb + i, c, tile + c * chunk_cols * T, acc);
+          for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
         }
-        const int64_t j1 = w.row_ptr[r + 1];
-        int64_t j = w.row_ptr[r];
-        for (; j + 2 <= j1; j += 2) {
-          const auto v0 = V::set1(value_at(values, j)), v1 = V::set1(value_at(values, j + 1));
-          const float* x0 = tile + int64_t(cols[j]) * T;
-          const float* x1 = tile + int64_t(cols[j + 1]) * T;
-          for (int k = 0; k < NACC; ++k) {
-            acc[k] = V::fmadd(v0, V::load(x0 + k * W), acc[k]);
-            odd[k] = V::fmadd(v1, V::load(x1 + k * W), odd[k]);
-          }
-        }
-        if (j < j1) {
-          const auto v0 = V::set1(value_at(values, j));
-          const float* x0 = tile + int64_t(cols[j]) * T;
-          for (int k = 0; k < NACC; ++k) acc[k] = V::fmadd(v0, V::load(x0 + k * W), acc[k]);
-        }
-        for (int k = 0; k < NACC; ++k) acc[k] = V::add(acc[k], odd[k]);
-        for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
-      }
       store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * w.rows + rb, w.rows, block, valid);
     }
   }
+}
+
+// The batched rows [r0, r1): from the canonical buffers, or from the chunked copy when the
+// matrix comes with it.
+template <typename V, int NACC, typename IndexT, typename ValueT>
+void batched_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
+  using Acc = typename V::reg[NACC];
+  if (w.chunks) {
+    const CsrChunks& c = *w.chunks;
+    const ValueT* values = c.values<ValueT>();
+    return tile_rows<V, NACC>(w, a, r0, r1, c.chunks, kChunkCols,
+                              [&](int64_t r, int64_t chunk, const float* tile, Acc& acc) {
+                                const int64_t at = c.segment(r, chunk), j0 = c.starts[at];
+                                add_row<V, NACC>(tile, c.columns.data() + j0, values + j0, c.starts[at + 1] - j0, acc);
+                              });
+  }
+  const auto* cols = static_cast<const IndexT*>(w.col_idx);
+  const auto* values = static_cast<const ValueT*>(w.values);
+  tile_rows<V, NACC>(w, a, r0, r1, 1, w.cols, [&](int64_t r, int64_t, const float* tile, Acc& acc) {
+    const int64_t j0 = w.row_ptr[r];
+    add_row<V, NACC>(tile, cols + j0, values + j0, w.row_ptr[r + 1] - j0, acc);
+  });
 }
 
 template <typename V, typename IndexT, typename ValueT>
@@ -187,9 +225,11 @@ void csr_spmm_typed(const CsrMatrix& w, const DenseArgs& a) {
     if (a.batch > 1) pack_transposed<V>(a, w.cols, int64_t(NACC) * V::width);  // ends in a barrier
 #pragma omp for schedule(static, 1)
     for (int part = 0; part < parts; ++part) {
-      const int64_t r0 = nnz_balanced_row(w.row_ptr, w.rows, part, parts);
-      const int64_t r1 = nnz_balanced_row(w.row_ptr, w.rows, part + 1, parts);
-      if (a.batch > 1) tile_rows<V, NACC, IndexT, ValueT>(w, a, r0, r1);
+      // With the chunked copy, parts start where its row blocks do.
+      const int64_t align = a.batch > 1 && w.chunks ? kChunkRows : 1;
+      const int64_t r0 = nnz_balanced_row_aligned(w.row_ptr, w.rows, part, parts, align);
+      const int64_t r1 = nnz_balanced_row_aligned(w.row_ptr, w.rows, part + 1, parts, align);
+      if (a.batch > 1) batched_rows<V, NACC, IndexT, ValueT>(w, a, r0, r1);
       else single_rows<V, IndexT, ValueT>(w, a, r0, r1);
     }
   }

@@ -26,6 +26,13 @@ inline int64_t nnz_balanced_row(const int64_t* row_ptr, int64_t rows, int part, 
   return lo;
 }
 
+// The same, rounded down to a multiple of `align` (the last part still ends at rows): parts
+// that start where a block of a chunked layout starts (csr_chunks.h).
+inline int64_t nnz_balanced_row_aligned(const int64_t* row_ptr, int64_t rows, int part, int parts, int64_t align) {
+  const int64_t r = nnz_balanced_row(row_ptr, rows, part, parts);
+  return r == rows ? r : r / align * align;
+}
+
 // Threads worth starting: one per ~32k multiply-adds, since waking a thread costs a few
 // microseconds, which a small layer at batch 1 does not repay.
 inline int useful_threads(int64_t nnz, int64_t batch, int requested) {
