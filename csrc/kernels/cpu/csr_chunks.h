@@ -23,7 +23,9 @@
 namespace sparsekern::cpu {
 
 inline constexpr int64_t kChunkCols = 256;  // a column within a chunk is a uint8
-inline constexpr int64_t kChunkRows = 32;   // rows per block: the native path's output row block
+// Rows per block: the native bf16 path's output row block; the float32 path's blocks (64 rows
+// with avx512, 32 with avx2) are whole numbers of them.
+inline constexpr int64_t kChunkRows = 32;
 
 struct CsrChunks {
   int64_t chunks = 0;      // ceil(cols / kChunkCols)
@@ -41,7 +43,7 @@ struct CsrChunks {
     return reinterpret_cast<const ValueT*>(value_words.data());
   }
 
-  // Row r's nonzeros in chunk c: [first, end) of entry segment(r, c).
+  // The entry of starts for row r and chunk c: its nonzeros are [starts[e], starts[e + 1]).
   int64_t segment(int64_t r, int64_t c) const {
     return ((r / kChunkRows) * chunks + c) * kChunkRows + r % kChunkRows;
   }
