@@ -132,8 +132,8 @@ int main() {
           const int kind = cases % 3;  // bf16 values and activations, f32 values, bf16 values with f32 activations
           const ValueType vt = kind == 1 ? ValueType::f32 : ValueType::bf16;
           const ActType act = kind == 0 ? ActType::bf16 : ActType::f32;
-          run_case({rows, cols, batch, cases % 4 ? 0.3 : 1.0, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3, act, true}, isa,
-                   rng);
+          const double density = cases % 4 ? 0.3 : 1.0;
+          run_case({rows, cols, batch, density, it, vt, cases % 5 != 0, cases % 4 ? 0 : 3, act, true}, isa, rng);
           ++cases;
         }
   }

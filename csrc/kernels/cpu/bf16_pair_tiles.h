@@ -241,7 +241,8 @@ struct PairTiles {
     int64_t t = 0;
     for (; t + kTilesAtOnce <= tiles_of(a.batch); t += kTilesAtOnce)
       rows_of_tiles<kTilesAtOnce>(a, out_rows, cols, tiles, t, r0, r1, chunks, chunk_cols, segment);
-    for (; t < tiles_of(a.batch); ++t) rows_of_tiles<1>(a, out_rows, cols, tiles, t, r0, r1, chunks, chunk_cols, segment);
+    for (; t < tiles_of(a.batch); ++t)
+      rows_of_tiles<1>(a, out_rows, cols, tiles, t, r0, r1, chunks, chunk_cols, segment);
   }
 
   // The whole product: threads pack x together, then take rows by nonzeros (row_starts:

@@ -20,7 +20,8 @@ void fill(const CsrMatrix& w, CsrChunks& c) {
   // Count each segment's nonzeros into the entry after it, sum, then place each nonzero.
   c.starts.assign(size_t(c.row_blocks * c.chunks * kChunkRows + 1), 0);
   for (int64_t r = 0; r < w.rows; ++r)
-    for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) ++c.starts[size_t(c.segment(r, cols[j] / kChunkCols) + 1)];
+    for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j)
+      ++c.starts[size_t(c.segment(r, cols[j] / kChunkCols) + 1)];
   for (size_t k = 1; k < c.starts.size(); ++k) c.starts[k] += c.starts[k - 1];
   std::vector<int64_t> next(c.starts.begin(), c.starts.end() - 1);
   for (int64_t r = 0; r < w.rows; ++r)

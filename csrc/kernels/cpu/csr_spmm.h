@@ -26,8 +26,8 @@ struct CsrMatrix {
   // [nnz] float (ValueType::f32) or bfloat16 bit patterns as uint16_t (ValueType::bf16).
   const void* values = nullptr;
   ValueType value_type = ValueType::f32;
-  // Optional: the same bf16 matrix regrouped by column chunks (csr_chunks.h), which the native
-  // bf16 batched path reads instead of the buffers above when it is given.
+  // Optional: the same matrix regrouped by column chunks (csr_chunks.h), which the batched
+  // paths (native bf16 and float32) read instead of the buffers above when it is given.
   const CsrChunks* chunks = nullptr;
 };
 
@@ -73,9 +73,8 @@ struct CsrFamily {
   //   at 80%, 0.83-1.00x at 90%; 11008 x 4096, 4096 x 11008 1.21-1.58x; 768 x 3072, 3072 x
   //   768 at 70% and 1024 x 1024 at 50%, 0.96-1.44x.
   static bool wants_chunks(Isa isa, const CsrMatrix& w, ActType act, int64_t batch) {
-    const int64_t l1d = cpu_caches().l1d > 0 ? cpu_caches().l1d : 32 << 10;
     return isa != Isa::scalar && batch >= 2 && 5 * w.row_ptr[w.rows] >= w.rows * w.cols &&
-           w.cols * tile_bytes_per_col(isa, w, act, batch) > l1d;
+           w.cols * tile_bytes_per_col(isa, w, act, batch) > l1d_or_default(cpu_caches());
   }
 };
 

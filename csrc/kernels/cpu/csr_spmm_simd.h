@@ -169,7 +169,8 @@ void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1, i
         for (int64_t i = 0; i < block; ++i) {
           // The first chunk starts from the bias, the others from the sums so far.
           typename V::reg acc[NACC];
-          for (int k = 0; k < NACC; ++k) acc[k] = c == 0 ? V::set1(a.bias ? a.bias[rb + i] : 0.f) : V::load(out[i] + k * W);
+          for (int k = 0; k < NACC; ++k)
+            acc[k] = c == 0 ? V::set1(a.bias ? a.bias[rb + i] : 0.f) : V::load(out[i] + k * W);
           segment(rb + i, c, tile + c * chunk_cols * T, acc);
           for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
         }

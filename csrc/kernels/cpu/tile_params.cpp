@@ -91,7 +91,7 @@ const CacheSizes& cpu_caches() {
 }
 
 TileParams tile_params_for(const CacheSizes& c) {
-  const int64_t l1 = c.l1d > 0 ? c.l1d : 48 << 10, l2 = c.l2 > 0 ? c.l2 : 1 << 20;
+  const int64_t l1 = l1d_or_default(c), l2 = l2_or_default(c);
   TileParams t;
   t.nm24_block_cols = 2048;  // long rows: every block ends in reductions of all accumulators
   // 3/8 of L2 of decoded rows (4 bytes per weight position), whole tiles of 1 or 3 pairs.

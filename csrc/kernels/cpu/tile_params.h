@@ -53,7 +53,10 @@ CacheSizes detect_cache_sizes();
 CacheSizes cpuid_cache_sizes();
 // detect_cache_sizes() of this process, read once.
 const CacheSizes& cpu_caches();
-// The tiles for caches `c`, sanitized (missing sizes count as 48 KiB L1d, 1 MiB L2).
+// The sizes the kernels assume where detection found none: 48 KiB L1d, 1 MiB L2.
+inline int64_t l1d_or_default(const CacheSizes& c) { return c.l1d > 0 ? c.l1d : 48 << 10; }
+inline int64_t l2_or_default(const CacheSizes& c) { return c.l2 > 0 ? c.l2 : 1 << 20; }
+// The tiles for caches `c`, sanitized (missing sizes as l1d_or_default, l2_or_default say).
 TileParams tile_params_for(const CacheSizes& c);
 // tile_params_for(cpu_caches()), computed once: what the Python module passes every kernel.
 const TileParams& tile_params();
