@@ -299,6 +299,7 @@ void bind_tiles(py::module_& m) {
       .def_readwrite("pack_col_block", &cpu::TileParams::pack_col_block)
       .def_readwrite("bitmap_decode_cols", &cpu::TileParams::bitmap_decode_cols)
       .def_readwrite("nm24_register_batch_max", &cpu::TileParams::nm24_register_batch_max)
+      .def_readwrite("bitmap_chunk_bytes", &cpu::TileParams::bitmap_chunk_bytes)
       .def("as_dict", [](const cpu::TileParams& t) {
         py::dict d;
         d["nm24_block_rows"] = t.nm24_block_rows;
@@ -306,6 +307,7 @@ void bind_tiles(py::module_& m) {
         d["pack_col_block"] = t.pack_col_block;
         d["bitmap_decode_cols"] = t.bitmap_decode_cols;
         d["nm24_register_batch_max"] = t.nm24_register_batch_max;
+        d["bitmap_chunk_bytes"] = t.bitmap_chunk_bytes;
         return d;
       });
   m.def("cpu_caches", [] { return cache_dict(cpu::cpu_caches()); },

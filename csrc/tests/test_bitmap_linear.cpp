@@ -118,6 +118,22 @@ int main() {
             ++cases;
           }
   }
+  // The batched path's column chunks (bitmap_linear_simd.h): tiny chunk budgets make 1- and
+  // 2-word chunks of these shapes, with a partial last word, rows beyond one 64-row block and
+  // a row's values split across many chunks; the default budget chunks the 4097-column shape.
+  const int64_t chunk_shapes[][2] = {{3, 129}, {11, 200}, {70, 1000}};
+  for (int64_t bytes : {int64_t(1), int64_t(5000)}) {
+    tiles_under_test = TileParams{};
+    tiles_under_test.bitmap_chunk_bytes = bytes;
+    for (Isa isa : runnable_isas())
+      for (const auto& s : chunk_shapes)
+        for (int64_t batch : {int64_t(8), int64_t(16), int64_t(17), int64_t(33), int64_t(70)})
+          for (double density : {0.3, 1.0})
+            for (ValueType vt : {ValueType::f32, ValueType::bf16}) {
+              run_case({s[0], s[1], batch, density, vt, cases % 3 != 0, cases % 2 ? 0 : 5, ActType::f32}, isa, rng);
+              ++cases;
+            }
+  }
   tiles_under_test = TileParams{};
   // Variants the dispatch would not pick here (forced_variants.h), on bf16 values and
   // activations over the same shapes and batches: the amx variant's tile kernel (amx_linear.h)

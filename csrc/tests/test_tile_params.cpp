@@ -23,7 +23,8 @@ void check(bool ok, const char* what) {
 
 bool same(const TileParams& a, const TileParams& b) {
   return a.nm24_block_rows == b.nm24_block_rows && a.nm24_block_cols == b.nm24_block_cols &&
-         a.pack_col_block == b.pack_col_block && a.bitmap_decode_cols == b.bitmap_decode_cols;
+         a.pack_col_block == b.pack_col_block && a.bitmap_decode_cols == b.bitmap_decode_cols &&
+         a.bitmap_chunk_bytes == b.bitmap_chunk_bytes;
 }
 
 bool legal(const TileParams& t) {
@@ -31,7 +32,7 @@ bool legal(const TileParams& t) {
          t.nm24_block_cols % 16 == 0 && t.nm24_block_rows * t.nm24_block_cols <= kMaxNm24BlockFloats &&
          t.pack_col_block >= 1 && t.bitmap_decode_cols >= 32 && t.bitmap_decode_cols % 32 == 0 &&
          t.bitmap_decode_cols <= kMaxBitmapDecodeCols && t.nm24_register_batch_max >= 0 &&
-         t.nm24_register_batch_max <= 8;
+         t.nm24_register_batch_max <= 8 && t.bitmap_chunk_bytes >= 1;
 }
 
 }  // namespace
@@ -45,11 +46,12 @@ int main() {
   check(big.nm24_block_rows == 2 * TileParams{}.nm24_block_rows, "2 MiB L2 doubles the 2:4 block rows");
   check(legal(big), "2 MiB L2 tiles are legal");
   const TileParams small = tile_params_for({32 << 10, 256 << 10, 0});
-  check(small.pack_col_block < TileParams{}.pack_col_block && small.bitmap_decode_cols < TileParams{}.bitmap_decode_cols,
+  check(small.pack_col_block < TileParams{}.pack_col_block && small.bitmap_decode_cols < TileParams{}.bitmap_decode_cols &&
+            small.bitmap_chunk_bytes == 32 << 10,
         "32 KiB L1d gives smaller L1 tiles");
   check(legal(small) && legal(tile_params_for({1 << 30, 1 << 30, 0})) && legal(tile_params_for({1, 1, 1})),
         "extreme caches give legal tiles");
-  for (const TileParams& t : {TileParams{0, 0, 0, 0}, TileParams{-5, -1, -3, -7, -2}, TileParams{7, 36, 5, 100},
+  for (const TileParams& t : {TileParams{0, 0, 0, 0}, TileParams{-5, -1, -3, -7, -2, -9}, TileParams{7, 36, 5, 100},
                               TileParams{1 << 20, 1 << 20, 1 << 20, 1 << 20, 1 << 20}})
     check(legal(sanitized(t)), "sanitized tiles are legal");
   check(same(sanitized(TileParams{}), TileParams{}), "sanitizing the defaults keeps them");

@@ -100,6 +100,7 @@ TileParams tile_params_for(const CacheSizes& c) {
   t.pack_col_block = std::max<int64_t>(16, round_down(l1 / 3 / (64 * 4), 16));
   // 1/12 of L1d of int32 offsets, whole 32-column words.
   t.bitmap_decode_cols = round_down(l1 / 12 / 4, 32);
+  t.bitmap_chunk_bytes = l1;
   return sanitized(t);
 }
 
@@ -116,6 +117,7 @@ TileParams sanitized(const TileParams& t) {
   s.pack_col_block = std::max<int64_t>(1, t.pack_col_block);
   s.bitmap_decode_cols = std::clamp<int64_t>(round_down(t.bitmap_decode_cols, 32), 32, kMaxBitmapDecodeCols);
   s.nm24_register_batch_max = std::clamp<int64_t>(t.nm24_register_batch_max, 0, 8);
+  s.bitmap_chunk_bytes = std::max<int64_t>(1, t.bitmap_chunk_bytes);
   return s;
 }
 

@@ -34,6 +34,10 @@ struct TileParams {
   // Columns whose set bits the bitmap batched path decodes per pass: the list (4 bytes per
   // column at most) stays within about 1/12 of L1d beside the activation tile's lines.
   int64_t bitmap_decode_cols = 1024;
+  // Bytes of the activation tile one column chunk of the bitmap batched path reads (its rows
+  // of T floats a column): about L1d, so that the chunk's part of the tile stays there
+  // (bitmap_linear_simd.h).
+  int64_t bitmap_chunk_bytes = 48 << 10;
   // Not a cache tile but a variant choice the tuner may change: 2:4 batches from 4 up to this
   // (at most 8, one register tile) decode into registers instead of the workspace
   // (nm24_linear_simd.h's register path); 0 turns that path off.
@@ -63,7 +67,7 @@ const TileParams& tile_params();
 // `t` moved into the ranges the kernels need: 2:4 block rows a positive even number, block
 // columns a positive multiple of 16 (whole SIMD chunks of metadata), the block within
 // kMaxNm24BlockFloats, the pack block >= 1, decode columns a multiple of 32 in [32,
-// kMaxBitmapDecodeCols], the register batch in [0, 8]. Any value is safe to pass; the
+// kMaxBitmapDecodeCols], the register batch in [0, 8], the chunk bytes >= 1. Any value is safe to pass; the
 // dispatchers sanitize what they get.
 TileParams sanitized(const TileParams& t);
 
