@@ -32,6 +32,28 @@ struct Case {
   bool chunks = false;
 };
 
+// The copy's layout beside what the kernels' results check: with bf16 values every segment
+// holds a whole kBf16SegmentAlign of entries, its nonzeros first and then zero weights at the
+// last nonzero's column; with float32 values exactly its nonzeros.
+void check_chunk_layout(const CsrMatrix& w, const std::vector<int32_t>& cols, const CsrChunks& c) {
+  std::vector<int64_t> count(c.starts.size() - 1, 0);
+  for (int64_t r = 0; r < w.rows; ++r)
+    for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) ++count[size_t(c.segment(r, cols[size_t(j)] / kChunkCols))];
+  const bool bf16 = w.value_type == ValueType::bf16;
+  const int64_t align = bf16 ? kBf16SegmentAlign : 1;
+  bool ok = c.starts.front() == 0 && int64_t(c.columns.size()) == c.starts.back();
+  for (size_t e = 0; ok && e < count.size(); ++e) {
+    const int64_t begin = c.starts[e], end = c.starts[e + 1], n = count[e];
+    ok = end - begin == (n + align - 1) / align * align;
+    for (int64_t at = begin + n; ok && at < end; ++at)
+      ok = c.columns[size_t(at)] == c.columns[size_t(begin + n - 1)] && (bf16 ? c.values<uint16_t>()[at] == 0
+                                                                               : c.values<float>()[at] == 0.f);
+  }
+  if (!ok && failures++ < 10)
+    std::printf("FAIL chunk layout rows=%lld cols=%lld val=%d\n", (long long)w.rows, (long long)w.cols,
+                int(w.value_type));
+}
+
 void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   std::uniform_real_distribution<float> unit(0.f, 1.f);
   const bool bf16 = c.value_type == ValueType::bf16;
@@ -69,6 +91,7 @@ void run_case(const Case& c, Isa isa, std::mt19937& rng) {
   if (c.chunks) {
     chunks = build_csr_chunks(w);
     w.chunks = &chunks;
+    check_chunk_layout(w, cols32, chunks);
   }
   const std::string label = std::string("csr isa=") + isa_name(isa) + " idx=" + std::to_string(int(c.index_type)) +
                             " val=" + std::to_string(int(c.value_type)) + (w.chunks ? " chunks" : "");

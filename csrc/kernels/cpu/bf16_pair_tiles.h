@@ -155,8 +155,10 @@ struct PairTiles {
       }
     }
 
-    // Adds n nonzeros: values[j] (bf16) at tile offset at(j).
-    template <typename At>
+    // Adds n nonzeros: values[j] (bf16) at tile offset at(j). Whole: n is a multiple of
+    // kWhole (a padded segment, csr_chunks.h), so the loops for the rest are left out.
+    static constexpr int64_t kWhole = 2 * kChains / kChainsPerStep;
+    template <bool Whole = false, typename At>
     void add(const uint16_t* const* tiles, const uint16_t* values, int64_t n, const At& at) {
       constexpr int kSteps = kChains / kChainsPerStep;
       int64_t j = 0;
@@ -170,6 +172,7 @@ struct PairTiles {
           std::memcpy(&pair, values + j + 2 * s, 4);
           step(tiles, at(j + 2 * s), at(j + 2 * s + 1), pair, s * kChainsPerStep);
         }
+      if constexpr (Whole) return;
       for (; j + 2 <= n; j += 2) {
         uint32_t pair;
         std::memcpy(&pair, values + j, 4);

@@ -26,16 +26,25 @@ inline constexpr int64_t kChunkCols = 256;  // a column within a chunk is a uint
 // Rows per block: the native bf16 path's output row block; the float32 path's blocks (64 rows
 // with avx512, 32 with avx2) are whole numbers of them.
 inline constexpr int64_t kChunkRows = 32;
+// With bf16 values, each segment (a row's nonzeros in one chunk) takes a whole multiple of this
+// many entries, padded with zero weights at its last column, so that the native bf16 path runs
+// whole unrolled steps (bf16_pair_tiles.h): the loops for a segment's last few nonzeros
+// mispredicted on nearly every segment. C++ A/B on Zen 4, 2 threads, padded / not, batches 2-16:
+// 1.05-1.18x at 20-30% density (4096 x 4096, 11008 x 4096), 1.01-1.05x at 50%; from batch 17
+// 0.99-1.05x. Float32 values are not padded: the float32 path spends an FMA on every entry, and
+// padded it ran 0.95-0.97x at 30%.
+inline constexpr int64_t kBf16SegmentAlign = 8;
 
 struct CsrChunks {
   int64_t chunks = 0;      // ceil(cols / kChunkCols)
   int64_t row_blocks = 0;  // ceil(rows / kChunkRows)
   // [row_blocks][chunks][kChunkRows] + 1: where the nonzeros of row kChunkRows * block + i in
-  // chunk c start in `columns` and `values`; they end where the next entry starts. Rows past
-  // the matrix (the last block's padding) have none.
+  // chunk c start in `columns` and `values`; they end where the next entry starts (bf16 values:
+  // padded, kBf16SegmentAlign). Rows past the matrix (the last block's padding) have none.
   std::vector<int64_t> starts;
-  std::vector<uint8_t> columns;   // [nnz] column - kChunkCols * chunk
-  // [nnz] the matrix's values (float or bf16 bits, as CsrMatrix::value_type), in the same order.
+  std::vector<uint8_t> columns;   // [entries] column - kChunkCols * chunk
+  // [entries] the matrix's values (float or bf16 bits, as CsrMatrix::value_type), in the same
+  // order; 0 where an entry pads its segment.
   std::vector<uint32_t> value_words;
 
   template <typename ValueT>

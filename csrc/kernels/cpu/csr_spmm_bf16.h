@@ -28,7 +28,11 @@ void product(const CsrMatrix& w, const DenseArgs& a) {
 }
 
 static_assert(kChunkRows == bf16tiles::kRowBlock, "a block of rows takes the chunks in turn");
+static_assert(kBf16SegmentAlign % bf16tiles::PairTiles<16>::RowSums<1>::kWhole == 0 &&
+                  kBf16SegmentAlign % bf16tiles::PairTiles<32>::RowSums<1>::kWhole == 0,
+              "a bf16 copy's segments come in whole unrolled steps");
 
+// The chunked copy: bf16 segments come padded to whole unrolled steps (kBf16SegmentAlign).
 template <typename Tiles>
 void chunked_product(const CsrMatrix& w, const DenseArgs& a) {
   const CsrChunks& c = *w.chunks;
@@ -36,8 +40,8 @@ void chunked_product(const CsrMatrix& w, const DenseArgs& a) {
                  [&](int64_t r, int64_t chunk, auto& sums, const uint16_t* const* tiles) {
                    const int64_t at = c.segment(r, chunk), j0 = c.starts[at], n = c.starts[at + 1] - j0;
                    const uint8_t* columns = c.columns.data() + j0;
-                   sums.add(tiles, c.values<uint16_t>() + j0, n,
-                            [&](int64_t j) { return int64_t(columns[j]) << Tiles::kShift; });
+                   sums.template add<true>(tiles, c.values<uint16_t>() + j0, n,
+                                           [&](int64_t j) { return int64_t(columns[j]) << Tiles::kShift; });
                    return n;
                  });
 }
