@@ -255,8 +255,10 @@ const ValueT* row_times_tile(const BitmapMatrix& w, int64_t r, int64_t w0, int64
 template <typename ValueT>
 inline void prefetch_next_chunk(const BitmapMatrix& w, int64_t r, int64_t w1, const ValueT* before, const ValueT* v) {
   _mm_prefetch(reinterpret_cast<const char*>(w.bits + r * bitmap_words(w.cols) + w1), _MM_HINT_T0);
-  const char* end = reinterpret_cast<const char*>(v + (v - before));
-  for (const char* p = reinterpret_cast<const char*>(v); p <= end; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  // Addresses as integers: the last row's guess may reach past the values (a prefetch there is
+  // harmless; a pointer there would not be).
+  const uintptr_t from = reinterpret_cast<uintptr_t>(v), to = from + uintptr_t(v - before) * sizeof(ValueT);
+  for (uintptr_t p = from; p <= to; p += 64) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
 }
 
 template <typename V, int NACC, typename ValueT>
