@@ -47,6 +47,7 @@ def test_kernel_tiles_change_blocking_not_results(format, batch):
     expected = run_kernel(format, kernel, x, bias, in_features, out_features)
     tiny = _C.TileParams()
     tiny.nm24_block_rows, tiny.nm24_block_cols, tiny.pack_col_block, tiny.bitmap_decode_cols = 2, 16, 3, 32
+    tiny.bitmap_chunk_bytes = 1  # bitmap's batched path in chunks of one word
     kernel.tiles = tiny
     assert kernel.tiles.nm24_block_rows == 2
     got = run_kernel(format, kernel, x, bias, in_features, out_features)
