@@ -51,14 +51,14 @@ inline int failures = 0;
 
 // The cache tiles run_and_check passes the kernels (tile_params.h): the tests sweep several,
 // tiny and odd ones included, since any tiles must give the same products (the fifth field
-// switches the 2:4 register path on for some batches; the sixth sets the bitmap batched path's
-// column chunks: one word, a few words, or never chunked).
+// switches the 2:4 register path on for some batches; the sixth makes the bitmap batched path's
+// column chunks one word, one or two words by the tile's width, or never chunked).
 inline cpu::TileParams tiles_under_test;
 
 // Tile sets the tests sweep besides the defaults: the smallest legal tiles, odd sizes the
 // dispatchers round, and sizes far beyond any cache that they clamp.
 inline std::vector<cpu::TileParams> extra_tile_sets() {
-  return {{2, 16, 1, 32, 8, 1}, {7, 36, 5, 100, 5, 5000}, {100000, 1 << 20, 100000, 1 << 20, 100, 1 << 30}};
+  return {{2, 16, 1, 32, 8, 1}, {7, 36, 5, 100, 5, 10000}, {100000, 1 << 20, 100000, 1 << 20, 100, 1 << 30}};
 }
 
 // The ISA variants to test: every one this CPU runs; the others are named as skipped.

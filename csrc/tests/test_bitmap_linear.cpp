@@ -118,11 +118,12 @@ int main() {
             ++cases;
           }
   }
-  // The batched path's column chunks (bitmap_linear_simd.h): tiny chunk budgets make 1- and
-  // 2-word chunks of these shapes, with a partial last word, rows beyond one 64-row block and
-  // a row's values split across many chunks; the default budget chunks the 4097-column shape.
+  // The batched path's column chunks (bitmap_linear_simd.h): tiny chunk budgets make 1-word
+  // chunks of these shapes (and 2-word ones of 32-float tiles, batches 17-32, at 10000 bytes),
+  // with a partial last word, rows beyond one 64-row block and a row's values split across
+  // many chunks; the default budget chunks the 4097-column shape.
   const int64_t chunk_shapes[][2] = {{3, 129}, {11, 200}, {70, 1000}};
-  for (int64_t bytes : {int64_t(1), int64_t(5000)}) {
+  for (int64_t bytes : {int64_t(1), int64_t(10000)}) {
     tiles_under_test = TileParams{};
     tiles_under_test.bitmap_chunk_bytes = bytes;
     for (Isa isa : runnable_isas())

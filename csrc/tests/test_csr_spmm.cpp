@@ -38,7 +38,8 @@ struct Case {
 void check_chunk_layout(const CsrMatrix& w, const std::vector<int32_t>& cols, const CsrChunks& c) {
   std::vector<int64_t> count(c.starts.size() - 1, 0);
   for (int64_t r = 0; r < w.rows; ++r)
-    for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) ++count[size_t(c.segment(r, cols[size_t(j)] / kChunkCols))];
+    for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j)
+      ++count[size_t(c.segment(r, cols[size_t(j)] / kChunkCols))];
   const bool bf16 = w.value_type == ValueType::bf16;
   const int64_t align = bf16 ? kBf16SegmentAlign : 1;
   bool ok = c.starts.front() == 0 && int64_t(c.columns.size()) == c.starts.back();

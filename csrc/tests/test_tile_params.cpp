@@ -46,8 +46,8 @@ int main() {
   check(big.nm24_block_rows == 2 * TileParams{}.nm24_block_rows, "2 MiB L2 doubles the 2:4 block rows");
   check(legal(big), "2 MiB L2 tiles are legal");
   const TileParams small = tile_params_for({32 << 10, 256 << 10, 0});
-  check(small.pack_col_block < TileParams{}.pack_col_block && small.bitmap_decode_cols < TileParams{}.bitmap_decode_cols &&
-            small.bitmap_chunk_bytes == 32 << 10,
+  check(small.pack_col_block < TileParams{}.pack_col_block &&
+            small.bitmap_decode_cols < TileParams{}.bitmap_decode_cols && small.bitmap_chunk_bytes == 32 << 10,
         "32 KiB L1d gives smaller L1 tiles");
   check(legal(small) && legal(tile_params_for({1 << 30, 1 << 30, 0})) && legal(tile_params_for({1, 1, 1})),
         "extreme caches give legal tiles");

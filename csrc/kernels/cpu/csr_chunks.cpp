@@ -19,7 +19,8 @@ void fill(const CsrMatrix& w, CsrChunks& c) {
   for (int64_t r = 0; r < w.rows; ++r)
     for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j)
       ++c.starts[size_t(c.segment(r, cols[j] / kChunkCols) + 1)];
-  for (size_t k = 1; k < c.starts.size(); ++k) c.starts[k] = c.starts[k - 1] + (c.starts[k] + align - 1) / align * align;
+  for (size_t k = 1; k < c.starts.size(); ++k)
+    c.starts[k] = c.starts[k - 1] + (c.starts[k] + align - 1) / align * align;
   const int64_t entries = c.starts.back();
   c.columns.assign(size_t(entries), 0);
   c.value_words.assign((size_t(entries) * value_bytes + 3) / 4, 0);  // padding: zero weights

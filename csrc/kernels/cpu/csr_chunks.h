@@ -30,9 +30,9 @@ inline constexpr int64_t kChunkRows = 32;
 // many entries, padded with zero weights at its last column, so that the native bf16 path runs
 // whole unrolled steps (bf16_pair_tiles.h): the loops for a segment's last few nonzeros
 // mispredicted on nearly every segment. C++ A/B on Zen 4, 2 threads, padded / not, batches 2-16:
-// 1.05-1.18x at 20-30% density (4096 x 4096, 11008 x 4096), 1.01-1.05x at 50%; from batch 17
-// 0.99-1.05x. Float32 values are not padded: the float32 path spends an FMA on every entry, and
-// padded it ran 0.95-0.97x at 30%.
+// 1.02-1.16x at 20-30% density (4096 x 4096, 11008 x 4096, 4096 x 11008), 1.05x at 50%; from
+// batch 17 0.97-1.05x. Float32 values are not padded: the float32 path spends an FMA on every
+// entry, and padded it ran 0.95-0.97x at 30%.
 inline constexpr int64_t kBf16SegmentAlign = 8;
 
 struct CsrChunks {

@@ -67,8 +67,8 @@ const TileParams& tile_params();
 // `t` moved into the ranges the kernels need: 2:4 block rows a positive even number, block
 // columns a positive multiple of 16 (whole SIMD chunks of metadata), the block within
 // kMaxNm24BlockFloats, the pack block >= 1, decode columns a multiple of 32 in [32,
-// kMaxBitmapDecodeCols], the register batch in [0, 8], the chunk bytes >= 1. Any value is safe to pass; the
-// dispatchers sanitize what they get.
+// kMaxBitmapDecodeCols], the register batch in [0, 8], the chunk bytes >= 1. Any value is
+// safe to pass; the dispatchers sanitize what they get.
 TileParams sanitized(const TileParams& t);
 
 }  // namespace sparsekern::cpu
