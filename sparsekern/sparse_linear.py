@@ -194,6 +194,14 @@ class SparseLinear(nn.Module):
         tensors = self.packed() if self.format in PACKED_FORMATS else (self.weight,)
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    @property
+    def derived_bytes(self) -> int:
+        """Bytes of the in-memory layouts of the weights this layer's kernel has built for the
+        calls that gain from them (2:4's rows side by side, CSR's column chunks), beside
+        weight_bytes: 0 until such a call, and again after the kernel is rebuilt. Never saved."""
+        handle = self._handle
+        return int(handle.kernel.derived_bytes()) if handle is not None else 0
+
     def _use_eager_kernel(self, x: torch.Tensor) -> bool:
         # Skip the dispatcher only for plain CPU tensors, outside tracing, with no autograd
         # graph to record (other devices reach their kernels through the dispatcher).

@@ -18,13 +18,16 @@ class LayerRow(NamedTuple):
     # The cache tiles pack-time tuning chose ("" for this CPU's defaults or no tuning); a default,
     # so rows pickled before the column existed still load.
     tuning: str = ""
+    # Bytes of the in-memory layouts the layer's kernel built (SparseLinear.derived_bytes).
+    derived_bytes: int = 0
 
 
 class Summary:
     """Rows for every SparseLinear and nn.Linear of a model. print(summary) (str()) gives the
     table: layer, format, shape, sparsity, weight bytes and their ratio to dense, why
     sparsify chose the format, and the cache tiles pack-time tuning chose (`tuning`,
-    planner.choose_tiles); `.plan` gives the choices back for sparsify(plan=...)."""
+    planner.choose_tiles), then the bytes of in-memory layouts the kernels have built, if any
+    (`.derived_bytes`); `.plan` gives the choices back for sparsify(plan=...)."""
 
     def __init__(self, rows: List[LayerRow]):
         self.rows = rows
@@ -43,6 +46,11 @@ class Summary:
     def dense_bytes(self) -> int:
         return sum(r.dense_bytes for r in self.rows)
 
+    @property
+    def derived_bytes(self) -> int:
+        """Bytes of the in-memory layouts the layers' kernels have built so far (not saved)."""
+        return sum(getattr(r, "derived_bytes", 0) for r in self.rows)
+
     def __str__(self) -> str:
         header = ("layer", "format", "shape (out x in)", "sparsity", "weight bytes", "vs dense", "note", "tuning")
         lines = [header]
@@ -56,6 +64,9 @@ class Summary:
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
+        if self.derived_bytes:
+            text.append(f"in memory besides: {self.derived_bytes:,} bytes of layouts the kernels built for "
+                        "batched calls (SparseLinear.derived_bytes; not saved)")
         return "\n".join(text)
 
     __repr__ = __str__
@@ -70,7 +81,7 @@ def summary(model: nn.Module) -> Summary:
             dense = module.in_features * module.out_features * dtype.itemsize
             rows.append(LayerRow(name or "(model)", module.format, module.out_features, module.in_features,
                                  module.sparsity, module.weight_bytes, dense, module.choice_note,
-                                 getattr(module, "tuning_note", "")))
+                                 getattr(module, "tuning_note", ""), module.derived_bytes))
         elif isinstance(module, nn.Linear):
             w = module.weight
             zeros = 1 - float(w.count_nonzero()) / max(w.numel(), 1)

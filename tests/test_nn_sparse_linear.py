@@ -193,6 +193,30 @@ def test_summary_table():
     assert "64 x 32" in text and "total" in text
 
 
+def test_summary_counts_the_kernels_in_memory_layouts():
+    # A CSR layer with half its weights kept and 2048 columns: its batched calls outgrow L1 and
+    # build the column-chunked copy on every non-scalar ISA (CsrFamily::wants_chunks).
+    torch.manual_seed(0)
+    linear = nn.Linear(2048, 64)
+    with torch.no_grad():
+        linear.weight[torch.rand(64, 2048) < 0.5] = 0
+    layer = sk.SparseLinear.from_dense(linear, format="csr")
+    model = nn.Sequential(layer)
+    assert layer.derived_bytes == 0 and sk.summary(model).derived_bytes == 0
+    assert "in memory besides" not in str(sk.summary(model))
+    with torch.no_grad():
+        layer(torch.randn(8, 2048))
+    built = layer.derived_bytes
+    assert (built > 0) == (sk.cpu_isa() != "scalar")
+    report = sk.summary(model)
+    assert report.derived_bytes == built
+    assert (f"{built:,} bytes" in str(report)) == (built > 0)
+    layer.load_state_dict(layer.state_dict())  # new tensors: the next call builds a new kernel
+    with torch.no_grad():
+        layer(torch.randn(1, 2048))
+    assert layer.derived_bytes == 0  # batch 1 builds no copy
+
+
 def test_bare_linear_is_returned_converted():
     layer = sk.sparsify(pruned_linear(), format="csr")
     assert isinstance(layer, sk.SparseLinear)
