@@ -175,11 +175,7 @@ void direct(const BitmapMatrix& w, const DenseArgs& a) {
 
 // ---- batched path --------------------------------------------------------------------------
 
-// y is [batch x rows], so one output row of a tile is T floats a whole y row apart: as in
-// csr_spmm_simd.h, simd::kRowGroups * W output rows are kept in an L1 buffer, transposed
-// through registers and written simd::kRowGroups * W floats at a time (store_row_block).
-using simd::kRowGroups;
-
+// The rows, their blocks and the writing of y are CSR's (simd::tile_rows in csr_spmm_simd.h).
 // The batched path takes the columns in chunks, as CSR's does (csr_chunks.h): each row walked
 // its kept weights over the whole tile of x (T floats a column: 1 MiB at T = 64 and 4096
 // columns), reading the tile from L2 row after row; a block of rows now multiplies one chunk
@@ -206,8 +202,9 @@ inline int64_t chunk_words(int64_t cols, int64_t tile_floats, int64_t chunk_byte
   return column_bytes >= kMinChunkedTileBytes && words >= kMinChunks * per_chunk ? per_chunk : words;
 }
 
-// acc[k] (+)= row r's kept weights in words [w0, w1), whose values start at v, times the tile
-// rows of their columns; returns where the values of word w1 start.
+// acc[k] (+)= row r's kept weights in words [w0, w1), whose values start at v, times the rows
+// of `tile` (which starts at word w0's first column) of their columns; returns where the
+// values of word w1 start.
 template <typename V, int NACC, typename ValueT>
 const ValueT* row_times_tile(const BitmapMatrix& w, int64_t r, int64_t w0, int64_t w1, const ValueT* v,
                              const float* tile, int64_t decode_cols, typename V::reg (&acc)[NACC]) {
@@ -223,7 +220,7 @@ const ValueT* row_times_tile(const BitmapMatrix& w, int64_t r, int64_t w0, int64
   for (int64_t p0 = w0; p0 < w1; p0 += decode_cols / 32) {
     const int64_t p1 = std::min(w1, p0 + decode_cols / 32);
     int32_t* end = cols;
-    __m256i col0 = _mm256_set1_epi32(int32_t(32 * p0));
+    __m256i col0 = _mm256_set1_epi32(int32_t(32 * (p0 - w0)));
     for (int64_t k = p0; k < p1; ++k) {
       end = V::template decode<kShift>(bits[k], col0, end);
       col0 = _mm256_add_epi32(col0, _mm256_set1_epi32(32));
@@ -263,39 +260,23 @@ inline void prefetch_next_chunk(const BitmapMatrix& w, int64_t r, int64_t w1, co
 
 template <typename V, int NACC, typename ValueT>
 void tile_rows(const BitmapMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1) {
-  constexpr int W = V::width;
-  constexpr int64_t T = int64_t(NACC) * W;
-  constexpr int64_t RB = kRowGroups * W;
+  constexpr int64_t T = int64_t(NACC) * V::width;
+  constexpr int64_t RB = simd::kRowGroups * V::width;  // simd::tile_rows's block of rows
   const int64_t words = bitmap_words(w.cols), step = chunk_words(w.cols, T, a.tiles.bitmap_chunk_bytes);
-  // Rows past a partial block are transposed but never written to y; zeroed so that they
-  // are never read uninitialized.
-  alignas(64) float out[RB][T] = {};
-  alignas(64) float out_t[T][RB];
-  const ValueT* next[RB];  // each row's values from the chunk at hand on
-  for (int64_t t0 = 0; t0 < a.batch; t0 += T) {
-    const float* tile = a.workspace + t0 * w.cols;
-    const int64_t valid = std::min<int64_t>(T, a.batch - t0);
-    for (int64_t rb = r0; rb < r1; rb += RB) {
-      const int64_t block = std::min<int64_t>(RB, r1 - rb);
-      for (int64_t i = 0; i < block; ++i) next[i] = static_cast<const ValueT*>(w.values) + w.offsets[rb + i];
-      int64_t w0 = 0;
-      do {  // at least once: cols == 0 still writes y = bias
-        const int64_t w1 = std::min(words, w0 + step);
-        for (int64_t i = 0; i < block; ++i) {
-          // The first chunk starts from the bias, the others from the sums so far.
-          typename V::reg acc[NACC];
-          for (int k = 0; k < NACC; ++k)
-            acc[k] = w0 == 0 ? V::set1(a.bias ? a.bias[rb + i] : 0.f) : V::load(out[i] + k * W);
-          const ValueT* before = next[i];
-          next[i] = row_times_tile<V, NACC, ValueT>(w, rb + i, w0, w1, before, tile, a.tiles.bitmap_decode_cols, acc);
-          if (w1 < words) prefetch_next_chunk(w, rb + i, w1, before, next[i]);
-          for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
-        }
-        w0 = w1;
-      } while (w0 < words);
-      simd::store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * w.rows + rb, w.rows, block, valid);
-    }
-  }
+  const auto* values = static_cast<const ValueT*>(w.values);
+  const ValueT* next[RB];  // each row of the block's values from the chunk at hand on
+  // At least one chunk: cols == 0 still writes y = bias.
+  const int64_t chunks = std::max<int64_t>(1, (words + step - 1) / step);
+  simd::tile_rows<V, NACC>(w.rows, w.cols, a, r0, r1, chunks, 32 * step,
+                           [&](int64_t r, int64_t c, const float* tile, typename V::reg (&acc)[NACC]) {
+                             const ValueT*& at = next[(r - r0) % RB];
+                             if (c == 0) at = values + w.offsets[r];
+                             const int64_t w0 = c * step, w1 = std::min(words, w0 + step);
+                             const ValueT* before = at;
+                             at = row_times_tile<V, NACC, ValueT>(w, r, w0, w1, before, tile,
+                                                                  a.tiles.bitmap_decode_cols, acc);
+                             if (w1 < words) prefetch_next_chunk(w, r, w1, before, at);
+                           });
 }
 
 template <typename V, int NACC, typename ValueT>

@@ -145,14 +145,15 @@ inline void add_row(const float* tile, const IndexT* cols, const ValueT* values,
   for (int k = 0; k < NACC; ++k) acc[k] = V::add(acc[k], odd[k]);
 }
 
-// Output rows [r0, r1) for every tile of x, over the columns in `chunks` chunks of chunk_cols
-// (one chunk of all columns for the canonical buffers): a block of output rows takes every
-// chunk in turn, all its rows one chunk before the next, so that the chunk's part of the tile
-// stays in L1 (csr_chunks.h). segment(r, c, tile, acc) adds row r's nonzeros in chunk c into
-// acc, `tile` starting at the chunk's first column.
+// Output rows [r0, r1) of a rows x cols product for every tile of x, over the columns in
+// `chunks` chunks of chunk_cols (one chunk of all columns for CSR's canonical buffers): a block
+// of output rows takes every chunk in turn, all its rows one chunk before the next, so that
+// the chunk's part of the tile stays in L1 (csr_chunks.h; bitmap's batched path too).
+// segment(r, c, tile, acc) adds row r's nonzeros in chunk c into acc, `tile` starting at the
+// chunk's first column; the chunks of a row come in order, from chunk 0.
 template <typename V, int NACC, typename SegmentFn>
-void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1, int64_t chunks, int64_t chunk_cols,
-               const SegmentFn& segment) {
+void tile_rows(int64_t rows, int64_t cols, const DenseArgs& a, int64_t r0, int64_t r1, int64_t chunks,
+               int64_t chunk_cols, const SegmentFn& segment) {
   constexpr int W = V::width;
   constexpr int64_t T = int64_t(NACC) * W;
   constexpr int64_t RB = kRowGroups * W;
@@ -161,7 +162,7 @@ void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1, i
   alignas(64) float out[RB][T] = {};
   alignas(64) float out_t[T][RB];
   for (int64_t t0 = 0; t0 < a.batch; t0 += T) {
-    const float* tile = a.workspace + t0 * w.cols;
+    const float* tile = a.workspace + t0 * cols;
     const int64_t valid = std::min<int64_t>(T, a.batch - t0);
     for (int64_t rb = r0; rb < r1; rb += RB) {
       const int64_t block = std::min<int64_t>(RB, r1 - rb);
@@ -174,7 +175,7 @@ void tile_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1, i
           segment(rb + i, c, tile + c * chunk_cols * T, acc);
           for (int k = 0; k < NACC; ++k) V::store(out[i] + k * W, acc[k]);
         }
-      store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * w.rows + rb, w.rows, block, valid);
+      store_row_block<V, NACC>(out, out_t, a.y_f32() + t0 * rows + rb, rows, block, valid);
     }
   }
 }
@@ -187,7 +188,7 @@ void batched_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1
   if (w.chunks) {
     const CsrChunks& c = *w.chunks;
     const ValueT* values = c.values<ValueT>();
-    return tile_rows<V, NACC>(w, a, r0, r1, c.chunks, kChunkCols,
+    return tile_rows<V, NACC>(w.rows, w.cols, a, r0, r1, c.chunks, kChunkCols,
                               [&](int64_t r, int64_t chunk, const float* tile, Acc& acc) {
                                 const int64_t at = c.segment(r, chunk), j0 = c.starts[at];
                                 add_row<V, NACC>(tile, c.columns.data() + j0, values + j0, c.starts[at + 1] - j0, acc);
@@ -195,7 +196,7 @@ void batched_rows(const CsrMatrix& w, const DenseArgs& a, int64_t r0, int64_t r1
   }
   const auto* cols = static_cast<const IndexT*>(w.col_idx);
   const auto* values = static_cast<const ValueT*>(w.values);
-  tile_rows<V, NACC>(w, a, r0, r1, 1, w.cols, [&](int64_t r, int64_t, const float* tile, Acc& acc) {
+  tile_rows<V, NACC>(w.rows, w.cols, a, r0, r1, 1, w.cols, [&](int64_t r, int64_t, const float* tile, Acc& acc) {
     const int64_t j0 = w.row_ptr[r];
     add_row<V, NACC>(tile, cols + j0, values + j0, w.row_ptr[r + 1] - j0, acc);
   });
