@@ -59,7 +59,8 @@ NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 1}
 
 # Where the amx variant multiplies on tiles: 2:4 and bitmap with bf16 activations (and bf16
 # values) from this batch size (the C++ kAmxFrom, linear_args.h). Not yet measured on an AMX
-# CPU: 32 is where each decompressed B tile serves two A tiles of x.
+# CPU: 32 is where each decompressed B tile serves two A tiles of x. scripts/isa_crossover.py
+# measures it (amx against avx512bf16, batch by batch).
 AMX_FROM = {"2:4": 32, "bitmap": 32}
 
 

@@ -20,7 +20,8 @@ enum class ActType : int { f32 = 0, bf16 = 1 };
 // Batch from which the amx variant multiplies on tiles (amx_linear.h), for the formats that
 // have that path (2:4 and bitmap, bf16 values and activations); below it amx runs the
 // avx512bf16 code. Not yet measured (no AMX machine so far): 32 is where each decompressed B
-// tile serves two A tiles. SparseLinear's planner names the same threshold (AMX_FROM).
+// tile serves two A tiles. SparseLinear's planner names the same threshold (AMX_FROM);
+// scripts/isa_crossover.py measures where amx starts to beat avx512bf16.
 inline constexpr int64_t kAmxFrom = 32;
 
 // Whether a call of the amx variant multiplies on tiles (a family with that path asks this).
