@@ -17,6 +17,7 @@ ops are torch computations on any device.
 `linear_eager` is P_linear without the dispatcher (about 9 us cheaper per call);
 SparseLinear uses it when nothing traces or records gradients.
 """
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -108,6 +109,33 @@ def version_of(t: Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
+# Whether kernel objects that live across calls (a layer's, the op path's) may build layouts
+# derived from their buffers for the calls that gain from them: 2:4's rows in lanes and CSR's
+# column chunks, about 1 byte per kept weight beside the canonical buffers (SparseLinear.
+# derived_bytes). On unless SPARSEKERN_DERIVED_LAYOUTS=0 (or off / false / no); part of every
+# cached kernel's key, so that set_derived_layouts reaches kernels built before it.
+LAYOUTS_ENV = "SPARSEKERN_DERIVED_LAYOUTS"
+derived_layouts_on = os.environ.get(LAYOUTS_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def set_derived_layouts(enabled: bool) -> bool:
+    """Lets the kernels build their in-memory layouts of the weights (True, the default) or
+    not (False: batched calls run slower, on the canonical buffers only, and use no memory
+    besides them). Layouts already built are dropped on each layer's next call. Returns the
+    previous setting."""
+    global derived_layouts_on
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_derived_layouts takes True or False, got {enabled!r}")
+    previous, derived_layouts_on = derived_layouts_on, enabled
+    return previous
+
+
+def keep_layouts(kernel) -> None:
+    """Lets a kernel object that lives across calls build derived layouts, where they are on."""
+    if derived_layouts_on:
+        kernel.keep_layouts()
+
+
 # The op path's kernel objects, by packed values tensor. The dispatcher's calls (torch.compile,
 # training) pass the same tensors call after call, and a kernel that lives across calls may
 # keep layouts derived from them (2:4's rows-in-lanes copy for bf16 batches) instead of
@@ -116,12 +144,13 @@ _op_kernels = WeakIdKeyDictionary()
 
 
 def _op_kernel(fmt: PackedFormat, tensors, in_features: int, out_features: int):
-    key = (tuple((t.data_ptr(), t.numel(), version_of(t)) for t in tensors), in_features, out_features)
+    key = (tuple((t.data_ptr(), t.numel(), version_of(t)) for t in tensors), in_features, out_features,
+           derived_layouts_on)
     entry = _op_kernels.get(tensors.values)
     if entry is not None and entry[0] == key:
         return entry[1]
     kernel = fmt.kernel(tensors, in_features, out_features)
-    kernel.keep_layouts()
+    keep_layouts(kernel)
     _op_kernels[tensors.values] = (key, kernel)
     return kernel
 

@@ -198,7 +198,8 @@ class SparseLinear(nn.Module):
     def derived_bytes(self) -> int:
         """Bytes of the in-memory layouts of the weights this layer's kernel has built for the
         calls that gain from them (2:4's rows side by side, CSR's column chunks), beside
-        weight_bytes: 0 until such a call, and again after the kernel is rebuilt. Never saved."""
+        weight_bytes: 0 until such a call, and again after the kernel is rebuilt; always 0 while
+        sparsekern.set_derived_layouts(False) holds. Never saved."""
         handle = self._handle
         return int(handle.kernel.derived_bytes()) if handle is not None else 0
 
@@ -215,11 +216,12 @@ class SparseLinear(nn.Module):
 
     def _handle_key(self) -> tuple:
         """What the cached kernel depends on: each packed tensor's address, size and version,
-        and the bias's address and version. Any replaced buffer (assignment, load_state_dict,
-        .to(), _apply) changes an address; the size check stops a new tensor at a recycled
-        address from passing for the old one; the versions catch in-place updates (an
-        optimizer step on the values: the kernel may keep a copy in another layout, and reads
-        a float32 copy of a bf16 bias)."""
+        the bias's address and version, and whether derived layouts are on (ops.
+        set_derived_layouts). Any replaced buffer (assignment, load_state_dict, .to(), _apply)
+        changes an address; the size check stops a new tensor at a recycled address from
+        passing for the old one; the versions catch in-place updates (an optimizer step on the
+        values: the kernel may keep a copy in another layout, and reads a float32 copy of a
+        bf16 bias)."""
         try:
             return self._key_by(_VERSION)  # the per-call path: attrgetter is the cheapest read
         except RuntimeError:  # an inference tensor keeps no version counter
@@ -227,7 +229,7 @@ class SparseLinear(nn.Module):
 
     def _key_by(self, version) -> tuple:
         values, bias, buffers = self._parameters["values"], self._parameters["bias"], self._buffers
-        key = [values.data_ptr(), values.numel(), version(values)]
+        key = [values.data_ptr(), values.numel(), version(values), ops.derived_layouts_on]
         for name in self._buffer_fields:
             t = buffers[name]
             key.append(t.data_ptr())
@@ -254,7 +256,7 @@ class SparseLinear(nn.Module):
             return None
         fmt.check_tensors(packed, self.in_features, self.out_features)
         kernel = fmt.kernel(packed, self.in_features, self.out_features)
-        kernel.keep_layouts()  # lives until the key changes, so it may keep derived layouts
+        ops.keep_layouts(kernel)  # lives until the key changes, so it may keep derived layouts
         planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
         self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]))
         return self._handle

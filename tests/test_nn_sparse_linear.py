@@ -1,5 +1,8 @@
 """SparseLinear, sparsify and summary: the public API contract (docs/design.md)."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -343,3 +346,72 @@ def test_layers_made_under_inference_mode_run():
     first = model[0]
     weight, bias = dense_of(first)
     assert_matches_reference(first(x), x, weight, bias)
+
+
+def test_derived_layouts_can_be_turned_off_and_on():
+    # As above: a CSR layer whose batched calls build the column-chunked copy on non-scalar ISAs.
+    if sk.cpu_isa() == "scalar":
+        pytest.skip("the scalar kernels build no derived layouts")
+    torch.manual_seed(0)
+    linear = nn.Linear(2048, 64)
+    with torch.no_grad():
+        linear.weight[torch.rand(64, 2048) < 0.5] = 0
+    layer = sk.SparseLinear.from_dense(linear, format="csr")
+    x = torch.randn(8, 2048)
+    with torch.no_grad():
+        with_copy = layer(x)
+        assert layer.derived_bytes > 0
+        previous = sk.set_derived_layouts(False)
+        try:
+            assert previous is True
+            without = layer(x)  # the next call drops the copy
+            assert layer.derived_bytes == 0
+            layer(x)
+            assert layer.derived_bytes == 0
+        finally:
+            sk.set_derived_layouts(previous)
+        torch.testing.assert_close(without, with_copy, rtol=1e-4, atol=1e-4)
+        layer(x)
+        assert layer.derived_bytes > 0
+    with pytest.raises(TypeError, match="True or False"):
+        sk.set_derived_layouts(0)
+
+
+def test_derived_layouts_off_reach_the_op_path():
+    # The dispatcher's path (here: an input that needs gradients) keeps its own kernels.
+    if sk.cpu_isa() == "scalar":
+        pytest.skip("the scalar kernels build no derived layouts")
+    torch.manual_seed(0)
+    linear = nn.Linear(2048, 64)
+    with torch.no_grad():
+        linear.weight[torch.rand(64, 2048) < 0.5] = 0
+    layer = sk.SparseLinear.from_dense(linear, format="csr")
+    values = layer._parameters["values"]
+    x = torch.randn(8, 2048, requires_grad=True)
+
+    def op_kernel_bytes():
+        layer(x).sum().backward()
+        return sk.ops._op_kernels[values][1].derived_bytes()
+
+    assert op_kernel_bytes() > 0
+    previous = sk.set_derived_layouts(False)
+    try:
+        assert op_kernel_bytes() == 0
+    finally:
+        sk.set_derived_layouts(previous)
+    assert op_kernel_bytes() > 0
+
+
+@pytest.mark.parametrize("setting, built", [("0", False), ("off", False), ("1", True), (None, True)])
+def test_derived_layouts_env_sets_the_default(setting, built):
+    if sk.cpu_isa() == "scalar":
+        pytest.skip("the scalar kernels build no derived layouts")
+    code = ("import torch, sparsekern as sk; l = torch.nn.Linear(2048, 64); l.weight.data[:, ::2] = 0; "
+            "s = sk.SparseLinear.from_dense(l, format='csr'); torch.set_grad_enabled(False); "
+            "s(torch.randn(8, 2048)); print(s.derived_bytes)")
+    env = {key: value for key, value in os.environ.items() if key != "SPARSEKERN_DERIVED_LAYOUTS"}
+    if setting is not None:
+        env["SPARSEKERN_DERIVED_LAYOUTS"] = setting
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "SPARSEKERN_TUNE": "0"}, capture_output=True,
+                         text=True, check=True)
+    assert (int(out.stdout) > 0) == built
