@@ -22,6 +22,8 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import planner
@@ -136,11 +138,37 @@ def keep_layouts(kernel) -> None:
         kernel.keep_layouts()
 
 
+# Every cached kernel (SparseLinear._handle_key, _op_kernel) is keyed by its tensors' version
+# counters, which in-place updates bump. torch's fused optimizers (fused=True) update their
+# parameters in place without bumping them (torch 2.13), and the kernels would go on computing
+# with the weights from before the step; a step post hook bumps them, as the other
+# implementations do. Registered with the first cached kernel.
+_step_hook = None
+
+
+def _after_fused_step(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        if group.get("fused"):
+            increment_version(group["params"])
+
+
+def watch_optimizer_steps() -> None:
+    """Makes sure fused optimizer steps reach the cached kernels (called as one is built)."""
+    global _step_hook
+    if _step_hook is None:
+        _step_hook = register_optimizer_step_post_hook(_after_fused_step)
+
+
 # The op path's kernel objects, by packed values tensor. The dispatcher's calls (torch.compile,
 # training) pass the same tensors call after call, and a kernel that lives across calls may
 # keep layouts derived from them (2:4's rows-in-lanes copy for bf16 batches) instead of
 # rebuilding them per call. An entry goes with its tensor.
 _op_kernels = WeakIdKeyDictionary()
+
+
+def forget_kernel(values: Tensor) -> None:
+    """Drops the op path's kernel for this values tensor (sparse_linear.refresh)."""
+    _op_kernels.pop(values, None)
 
 
 def _op_kernel(fmt: PackedFormat, tensors, in_features: int, out_features: int):
@@ -151,6 +179,7 @@ def _op_kernel(fmt: PackedFormat, tensors, in_features: int, out_features: int):
         return entry[1]
     kernel = fmt.kernel(tensors, in_features, out_features)
     keep_layouts(kernel)
+    watch_optimizer_steps()
     _op_kernels[tensors.values] = (key, kernel)
     return kernel
 

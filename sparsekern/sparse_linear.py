@@ -257,6 +257,7 @@ class SparseLinear(nn.Module):
         fmt.check_tensors(packed, self.in_features, self.out_features)
         kernel = fmt.kernel(packed, self.in_features, self.out_features)
         ops.keep_layouts(kernel)  # lives until the key changes, so it may keep derived layouts
+        ops.watch_optimizer_steps()
         planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
         self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]))
         return self._handle
@@ -331,3 +332,20 @@ class SparseLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         if self.format == "dense" and prefix + "weight" in state_dict:
             self.keep_mask = state_dict[prefix + "weight"].to(self.keep_mask.device) != 0
+
+
+def refresh(module: nn.Module) -> None:
+    """Drops the compiled kernels that the SparseLinear layers in `module` (itself included)
+    cached, with their derived layouts and float32 bias: each layer's next call builds them
+    from its tensors as they are then. Needed only after changing a layer's tensors in place
+    in a way torch's version counters do not see, which the caches go by: through `.data`, or
+    under torch.inference_mode() on tensors made there. Other in-place changes (optimizer steps,
+    fused ones included, `copy_` and friends, load_state_dict) and replaced tensors are seen."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"refresh takes a module (a model or a SparseLinear), got {type(module).__name__}")
+    for layer in module.modules():
+        if isinstance(layer, SparseLinear):
+            layer._handle = None
+            values = layer._parameters.get("values")
+            if values is not None:  # a dense-format layer caches nothing
+                ops.forget_kernel(values)
