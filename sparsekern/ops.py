@@ -37,6 +37,16 @@ _WIDENED_ACTIVATIONS = (torch.float16,)
 ACTIVATION_DTYPES = (*KERNEL_ACTIVATIONS, *_WIDENED_ACTIVATIONS)
 
 
+def check_input(x: Tensor, in_features: int) -> None:
+    """The checks of x alone that every layer makes, packed or dense."""
+    if x.ndim < 1:
+        raise ValueError(f"x is a 0-d tensor (a scalar); expected [..., in_features = {in_features}]")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x.shape[-1] = {x.shape[-1]}, expected in_features = {in_features}")
+    if not x.is_floating_point():
+        raise TypeError(f"x.dtype = {x.dtype}, expected a floating point dtype")
+
+
 def check_linear_args(fmt: PackedFormat, x: Tensor, tensors: Sequence[Tensor], bias: Optional[Tensor],
                       in_features: int, out_features: int) -> None:
     """The argument checks shared by the real and the fake kernels (shapes, dtypes, devices).
@@ -44,12 +54,7 @@ def check_linear_args(fmt: PackedFormat, x: Tensor, tensors: Sequence[Tensor], b
     On the eager path of every call: kept to cheap attribute reads.
     """
     fmt.check_tensors(tensors, in_features, out_features)
-    if x.ndim < 1:
-        raise ValueError(f"x is a 0-d tensor (a scalar); expected [..., in_features = {in_features}]")
-    if x.shape[-1] != in_features:
-        raise ValueError(f"x.shape[-1] = {x.shape[-1]}, expected in_features = {in_features}")
-    if not x.is_floating_point():
-        raise TypeError(f"x.dtype = {x.dtype}, expected a floating point dtype")
+    check_input(x, in_features)
     values = tensors.values
     if not values.is_floating_point():
         raise TypeError(f"values.dtype = {values.dtype}, expected a floating point dtype")

@@ -1,4 +1,5 @@
 """SparseLinear: a drop-in nn.Linear over packed sparse weights (sparsekern.formats)."""
+import warnings
 from operator import attrgetter
 from typing import NamedTuple, Optional, Sequence
 
@@ -76,12 +77,16 @@ class SparseLinear(nn.Module):
                    batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES) -> "SparseLinear":
         """Packs an nn.Linear. mask=None takes the mask that sparsekern.prune or
         torch.nn.utils.prune attached (`weight_mask`), else the weight's own zeros.
-        value_dtype (e.g. torch.bfloat16) stores the weights in another dtype than the bias;
-        None keeps the weight's. format="auto" times the formats that can hold the mask against
-        dense at `batch_sizes` and keeps the fastest (dense unless one wins)."""
+        value_dtype (e.g. torch.bfloat16) stores packed weights in another dtype than the bias;
+        None keeps the weight's. A dense layer keeps the weight's dtype (format="dense" with
+        another value_dtype warns). format="auto" times the formats that can hold the mask
+        against dense at `batch_sizes` and keeps the fastest (dense unless one wins)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense takes an nn.Linear, got {type(linear).__name__}")
         check_format(format, (*LAYER_FORMATS, AUTO))
+        if format == "dense" and value_dtype not in (None, linear.weight.dtype):
+            warnings.warn(f"value_dtype={value_dtype} applies to packed formats: a dense layer keeps its weight's "
+                          f"dtype, {linear.weight.dtype}", stacklevel=2)
         if linear.weight.is_meta:
             raise ValueError("from_dense got a Linear on the meta device: meta tensors have a shape but no "
                              "values to pack. Load the weights first, or build the model on a real device "
@@ -264,12 +269,18 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.format == "dense":
-            weight = self.weight
+            weight, bias = self.weight, self.bias
             if weight.requires_grad and torch.is_grad_enabled():
                 # Zero gradients where pruned: with zero weights there, no torch.optim step
                 # (momentum, Adam, weight decay) moves them, as packed formats guarantee.
                 weight = torch.where(self.keep_mask, weight, 0)
-            return F.linear(x, weight, self.bias)
+            if x.dtype != weight.dtype or x.ndim < 1 or x.shape[-1] != self.in_features:
+                # As packed layers do: the same messages for bad input, and any floating point
+                # x computed in its own dtype (format="auto" mixes dense and packed layers).
+                ops.check_input(x, self.in_features)
+                weight = weight.to(x.dtype)
+                bias = None if bias is None else bias.to(x.dtype)
+            return F.linear(x, weight, bias)
         if self._use_eager_kernel(x):
             # The fast path: one compiled call on the cached kernel, after the checks that
             # depend on x alone (the layer's own tensors were checked when the kernel was built).

@@ -266,3 +266,35 @@ def test_load_refuses_non_finite_values(tmp_path, bad):
     sk.save(model, tmp_path / "m.safetensors")
     with pytest.raises(ValueError, match="not finite"):
         sk.load(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16)), tmp_path / "m.safetensors")
+
+
+# A second new-user trial (bf16 models): a dense-format layer refused what packed ones take, and
+# value_dtype was dropped for dense layers without a word.
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_every_format_takes_other_float_dtypes_and_names_bad_input(fmt):
+    torch.manual_seed(0)
+    layer = sk.SparseLinear.from_dense(nn.Linear(8, 4).to(torch.bfloat16), format=fmt)
+    weight, bias = layer.dense_weight().double(), layer.bias.detach().double()
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        x = torch.randn(3, 2, 8).to(dtype)
+        y = layer(x)
+        assert y.dtype == dtype and y.shape == (3, 2, 4)
+        reference = nn.functional.linear(x.double(), weight, bias)
+        assert (y.double() - reference).abs().max() < 1e-2
+    with pytest.raises(ValueError, match="expected in_features = 8"):
+        layer(torch.zeros(2, 7))
+    with pytest.raises(TypeError, match="expected a floating point dtype"):
+        layer(torch.zeros(2, 8, dtype=torch.int64))
+
+
+def test_dense_format_gradients_reach_a_bf16_weight_from_float32_input():
+    layer = sk.SparseLinear.from_dense(pruned_mlp()[0].to(torch.bfloat16), format="dense")
+    layer(torch.randn(5, 64)).sum().backward()
+    assert layer.weight.grad.dtype == torch.bfloat16
+    assert bool((layer.weight.grad[~layer.keep_mask] == 0).all())
+
+
+def test_value_dtype_on_a_dense_layer_warns_and_keeps_the_weight_dtype():
+    with pytest.warns(UserWarning, match="applies to packed formats"):
+        layer = sk.SparseLinear.from_dense(nn.Linear(8, 4), format="dense", value_dtype=torch.bfloat16)
+    assert layer.value_dtype == torch.float32
