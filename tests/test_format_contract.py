@@ -44,6 +44,20 @@ def test_pack_unpack_is_exact(fmt, value_dtype):
     assert fmt.nnz(tensors) == int(torch.count_nonzero(expected))
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize("shape", [(0, 40), (12, 0), (0, 0)])
+def test_empty_layers_pack_and_run(fmt, shape):
+    # 2:4 failed to pack a layer without rows (a new-user trial).
+    linear = nn.Linear(shape[1], shape[0])
+    layer = sk.SparseLinear.from_dense(linear, format=fmt.name)
+    fmt.validate(fmt.layout(*layer._packed_tensors()), shape)
+    x = torch.randn(3, shape[1])
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y = layer(x)
+        assert torch.equal(y, torch.nn.functional.linear(x, torch.zeros(shape), linear.bias.detach()))
+
+
 def test_skeleton_is_valid_and_empty(fmt):
     tensors = fmt.skeleton((12, 40), 30, torch.float32, None)
     fmt.validate(tensors, (12, 40))

@@ -50,7 +50,7 @@ def mask_violation(mask: torch.Tensor) -> Optional[str]:
     out_features, in_features = mask.shape
     if in_features % GROUP != 0:
         return f"in_features = {in_features} is not a multiple of 4"
-    counts = mask.reshape(out_features, -1, GROUP).sum(-1)
+    counts = mask.reshape(out_features, in_features // GROUP, GROUP).sum(-1)  # not -1: 0 rows would fail
     bad = (counts > KEPT).nonzero()
     if bad.numel() == 0:
         return None
@@ -82,7 +82,8 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
     # torch.where, not a product: padding must be +0.0 even where the weight is negative.
     values = torch.where(kept.gather(-1, positions), grouped.gather(-1, positions), 0)
     nibbles = (positions[..., 0] | positions[..., 1] << 2).to(torch.uint8)
-    return Nm24Tensors(values.reshape(out_features, -1).to(value_dtype).contiguous(), _pack_nibbles(nibbles))
+    return Nm24Tensors(values.reshape(out_features, groups * KEPT).to(value_dtype).contiguous(),
+                       _pack_nibbles(nibbles))
 
 
 def _pack_nibbles(nibbles: torch.Tensor) -> torch.Tensor:
