@@ -135,6 +135,10 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     # SparseLinear computes in float32 and returns x.dtype, so its dense stand-in takes the
     # activations' dtype (bf16 values with fp32 inputs export as an fp32 graph).
     dtype = next((t.dtype for t in example_inputs if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    if dtype == torch.bfloat16:
+        warnings.warn("bfloat16 example inputs export a bfloat16 graph, which onnxruntime's CPU provider cannot "
+                      "run (it has no bfloat16 Gemm); for onnxruntime, export a float32 copy of the model "
+                      "(copy.deepcopy(model).float()) with float32 example inputs", stacklevel=2)
     swapped = []
     for parent in list(model.modules()):
         for attr, child in list(parent.named_children()):

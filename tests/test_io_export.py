@@ -228,3 +228,18 @@ def test_onnx_export_of_bitmap_layers_is_sparse_and_matches(tmp_path):
     _, (y,) = run_onnx(path, {"input": x})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_of_a_bf16_model(tmp_path):
+    # onnxruntime's CPU provider has no bf16 Gemm: a bf16 graph warns; the float32 copy the
+    # warning names runs there and matches the bf16 model (a new-user trial).
+    onnx_runtime()
+    model = sparse_model(formats=("csr", "bitmap", "dense")).to(torch.bfloat16)
+    x = torch.randn(3, 64)
+    with pytest.warns(UserWarning, match="float32 copy of the model"):
+        sk.export_onnx(model, (x.bfloat16(),), str(tmp_path / "bf16.onnx"))
+    path = tmp_path / "fp32.onnx"
+    sk.export_onnx(copy.deepcopy(model).float(), (x,), str(path))
+    _, (y,) = run_onnx(path, {"input": x})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x.bfloat16()).float(), rtol=2e-2, atol=2e-2)
