@@ -188,7 +188,8 @@ def test_dtype_of_other_tensors_must_match(tmp_path):
     sk.save(trained_net(), str(tmp_path / "m.safetensors"))
     model = fresh_net()
     model.norm.double()
-    with pytest.raises(ValueError, match=r"norm.weight is float32 \[24\] in the file, the model expects float64"):
+    with pytest.raises(ValueError, match=r"norm.weight is float32 \[24\] in the file, the model expects float64 "
+                       r"\[24\] \(a model saved in float32: call model.to\(torch.float32\) before loading\)"):
         sk.load(model, str(tmp_path / "m.safetensors"))
 
 

@@ -107,8 +107,11 @@ def _expect(where: str, found: Dict[str, TensorEntry], wanted: Dict[str, torch.T
     for key, t in wanted.items():
         entry = found[key]
         if entry.dtype != t.dtype or entry.shape != tuple(t.shape):
+            hint = ""
+            if entry.shape == tuple(t.shape) and entry.dtype.is_floating_point and t.dtype.is_floating_point:
+                hint = f" (a model saved in {dtype_name(entry.dtype)}: call model.to({entry.dtype}) before loading)"
             raise ValueError(f"{where}: {key} is {dtype_name(entry.dtype)} {list(entry.shape)} in the "
-                             f"file, the model expects {dtype_name(t.dtype)} {list(t.shape)}")
+                             f"file, the model expects {dtype_name(t.dtype)} {list(t.shape)}{hint}")
 
 
 def _model_device(model: nn.Module) -> torch.device:
