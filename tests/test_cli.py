@@ -147,3 +147,20 @@ def test_bench_plots_json_results(tmp_path, capsys):
     png = tmp_path / "speedup.png"
     assert bench_cli.main(["--json", str(tmp_path / "bench.json"), "--plot", str(png)]) == 0
     assert png.stat().st_size > 0 and f"plot written to {png}" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    # `sparsekern inspect FILE | head`: output past what the reader took must not end in a
+    # BrokenPipeError traceback (a new-user trial). The command here prints 1 MB into a pipe
+    # whose reader takes one line and closes it.
+    import subprocess
+    script = ("import sys; from sparsekern.tools import cli\n"
+              "cli.COMMANDS['inspect'] = (lambda argv: [print('x' * 1000) for _ in range(1000)] and 0, '')\n"
+              "sys.exit(cli.main(['inspect']))\n")
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer.stdout.readline()
+    writer.stdout.close()
+    writer.wait(timeout=60)
+    err = writer.stderr.read().decode()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert writer.returncode == 1

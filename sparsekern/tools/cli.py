@@ -1,5 +1,6 @@
 """The `sparsekern` command (also `python -m sparsekern`): demo, bench, inspect; --version."""
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -50,7 +51,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
     args, rest = parser.parse_known_args(argv[:1])
     run, _ = COMMANDS[args.command]
-    return run(rest + argv[1:])
+    try:
+        return run(rest + argv[1:])
+    except BrokenPipeError:
+        # The reader left (`sparsekern inspect FILE | head`): no traceback, and no second
+        # error when Python flushes stdout at exit (the recipe of Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
