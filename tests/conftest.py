@@ -36,13 +36,20 @@ ALL_ISAS = sparsekern._backend.CPU_ISAS
 PACKAGE_PARENT = Path(sparsekern.__file__).resolve().parent.parent
 
 
-def run_python(args, cwd, env=None, timeout=300):
-    """Runs `python *args` in a fresh process that imports this same sparsekern. cwd must not
-    be a checkout: `python -c` puts cwd first on sys.path, and a checkout's sparsekern/ has no
-    compiled _C when the tests run against an installed package."""
+def package_env(env=None):
+    """env (default os.environ) with PYTHONPATH leading to the sparsekern these tests imported.
+    A child process must also run outside the checkout: `python -c` puts cwd first on sys.path,
+    and a checkout's sparsekern/ has no compiled _C when the tests run against an installed
+    package."""
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd,
+    return env
+
+
+def run_python(args, cwd, env=None, timeout=300):
+    """Runs `python *args` in a fresh process that imports this same sparsekern. cwd must not
+    be a checkout (see package_env)."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=package_env(env), cwd=cwd,
                           timeout=timeout)
 
 

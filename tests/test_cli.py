@@ -8,6 +8,8 @@ import pytest
 import sparsekern
 from sparsekern.tools import bench_cli, cli
 
+from conftest import package_env
+
 
 def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -157,7 +159,8 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
     script = ("import sys; from sparsekern.tools import cli\n"
               "cli.COMMANDS['inspect'] = (lambda argv: [print('x' * 1000) for _ in range(1000)] and 0, '')\n"
               "sys.exit(cli.main(['inspect']))\n")
-    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              cwd=tmp_path, env=package_env())
     writer.stdout.readline()
     writer.stdout.close()
     writer.wait(timeout=60)

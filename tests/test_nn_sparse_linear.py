@@ -1,8 +1,6 @@
 """SparseLinear, sparsify and summary: the public API contract (docs/design.md)."""
 import copy
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import sparsekern as sk
 import sparsekern.tools.timing  # noqa: F401  (sk.tools.timing, replaced by fake timers)
 from sparsekern.formats import csr
 
-from conftest import assert_matches_reference, random_sparse_weight
+from conftest import assert_matches_reference, random_sparse_weight, run_python
 
 
 def pruned_linear(in_features=24, out_features=16, density=0.3, bias=True, seed=0):
@@ -403,7 +401,7 @@ def test_derived_layouts_off_reach_the_op_path():
 
 
 @pytest.mark.parametrize("setting, built", [("0", False), ("off", False), ("1", True), (None, True)])
-def test_derived_layouts_env_sets_the_default(setting, built):
+def test_derived_layouts_env_sets_the_default(setting, built, tmp_path):
     if sk.cpu_isa() == "scalar":
         pytest.skip("the scalar kernels build no derived layouts")
     code = ("import torch, sparsekern as sk; l = torch.nn.Linear(2048, 64); l.weight.data[:, ::2] = 0; "
@@ -412,6 +410,6 @@ def test_derived_layouts_env_sets_the_default(setting, built):
     env = {key: value for key, value in os.environ.items() if key != "SPARSEKERN_DERIVED_LAYOUTS"}
     if setting is not None:
         env["SPARSEKERN_DERIVED_LAYOUTS"] = setting
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "SPARSEKERN_TUNE": "0"}, capture_output=True,
-                         text=True, check=True)
+    out = run_python(["-c", code], cwd=tmp_path, env={**env, "SPARSEKERN_TUNE": "0"})
+    assert out.returncode == 0, out.stderr
     assert (int(out.stdout) > 0) == built
