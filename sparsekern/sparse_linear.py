@@ -113,9 +113,25 @@ class SparseLinear(nn.Module):
             if has_bias:
                 layer.bias.copy_(linear.bias.detach())
         layer.choice_note = note
+        layer.take_mode_of(linear)
         if format in PACKED_FORMATS and planner.tuning_enabled():
             layer.tune(batch_sizes, act_dtype=weight.dtype)
         return layer
+
+    def take_mode_of(self, source: nn.Module) -> None:
+        """Takes the train/eval mode and the frozen (requires_grad=False) weight and bias of
+        `source`, the module this layer replaces (an nn.Linear, Conv1D or SparseLinear), so a
+        model frozen or in eval mode stays so once packed or loaded."""
+        self.train(source.training)
+        params = source._parameters
+        weight = params["values"] if "values" in params else getattr(source, "weight_orig", source.weight)
+        self._weight_parameter().requires_grad_(weight.requires_grad)
+        if self.bias is not None and source.bias is not None:
+            self.bias.requires_grad_(source.bias.requires_grad)
+
+    def _weight_parameter(self) -> nn.Parameter:
+        """The Parameter holding the weights: packed 'values', or the dense 'weight'."""
+        return self._parameters["values" if self.format in PACKED_FORMATS else "weight"]
 
     def tune(self, batch_sizes: Sequence[int] = planner.DEFAULT_BATCH_SIZES,
              act_dtype: Optional[torch.dtype] = None) -> None:
@@ -349,8 +365,9 @@ def refresh(module: nn.Module) -> None:
     """Drops the compiled kernels that the SparseLinear layers in `module` (itself included)
     cached, with their derived layouts and float32 bias: each layer's next call builds them
     from its tensors as they are then. Needed only after changing a layer's tensors in place
-    in a way torch's version counters do not see, which the caches go by: through `.data`, or
-    under torch.inference_mode() on tensors made there. Other in-place changes (optimizer steps,
+    in a way torch's version counters do not see, which the caches go by: through `.data`,
+    under torch.inference_mode() on tensors made there, through a NumPy view, or from another
+    process sharing the memory (share_memory()). Other in-place changes (optimizer steps,
     fused ones included, `copy_` and friends, load_state_dict) and replaced tensors are seen."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"refresh takes a module (a model or a SparseLinear), got {type(module).__name__}")

@@ -1,7 +1,7 @@
 """sparsify(model): every selected nn.Linear (and transformers Conv1D) of a model replaced by a
 SparseLinear, in place."""
 import warnings
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -9,53 +9,76 @@ from torch import nn
 from . import planner, prune
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
 from .prune._linear import as_linear, is_conv1d, linear_mask, with_conv1d
-from .prune._select import Selector, check_materialized, lookalike_note, tied_weights, wanted
+from .prune._select import WEIGHT_NAMES, Selector, check_materialized, lookalike_note, tied_weights, wanted
 from .sparse_linear import AUTO, SparseLinear, check_format
 
 CHOICES = (*LAYER_FORMATS, AUTO)
 
 
-def _linear_children(model: nn.Module) -> Iterable[Tuple[nn.Module, str, str]]:
-    """(parent, attribute, full name) of every nn.Linear (or transformers Conv1D, GPT-2's
-    linear layer with its weight stored [in, out]) below model that can be replaced.
+class _Target(NamedTuple):
+    """A Linear (or Conv1D) to replace: its first qualified name and every (parent, attribute,
+    name) that holds it (a layer used at two places is one module, replaced at both)."""
+    module: nn.Module
+    name: str
+    places: List[Tuple[nn.Module, str, str]]
+
+
+def _linear_children(model: nn.Module) -> List[_Target]:
+    """Every nn.Linear (or transformers Conv1D, GPT-2's linear layer with its weight stored
+    [in, out]) below model that can be replaced, once per module.
 
     nn.MultiheadAttention's out_proj is skipped: its parent reads out_proj.weight directly
     (F.multi_head_attention_forward) instead of calling the module."""
+    targets: Dict[int, _Target] = {}
     for parent_name, parent in model.named_modules():
         if isinstance(parent, nn.MultiheadAttention):
             continue
-        for attr, child in parent.named_children():
+        # _modules, not named_children(), which lists a module held twice by one parent once.
+        for attr, child in parent._modules.items():
             if isinstance(child, nn.Linear) or is_conv1d(child):
-                yield parent, attr, f"{parent_name}.{attr}" if parent_name else attr
+                name = f"{parent_name}.{attr}" if parent_name else attr
+                targets.setdefault(id(child), _Target(child, name, [])).places.append((parent, attr, name))
+    return list(targets.values())
 
 
-def _untied(model: nn.Module, targets: List[Tuple[nn.Module, str, str]]) -> List[Tuple[nn.Module, str, str]]:
-    """The targets whose weight no other parameter shares; the others stay nn.Linear, with a
-    warning: packing GPT-2's lm_head would cut its tie to the token embedding."""
+def _split_tied(model: nn.Module, targets: List[_Target]) -> Tuple[List[_Target], List[Tuple[_Target, List[str]]]]:
+    """(the targets whose weight no other module shares, [(target, the names tied to it)])."""
     ties = tied_weights(model)
-    kept = []
-    for parent, attr, name in targets:
-        others = ties.get(f"{name}.weight")
+    untied, tied = [], []
+    for target in targets:
+        others = [other for key in (f"{target.name}.{w}" for w in WEIGHT_NAMES) for other in ties.get(key, ())]
         if others:
-            warnings.warn(f"{name}.weight is tied to {', '.join(others)}: {name} stays an nn.Linear "
-                          "(packing it would break the tie)", stacklevel=3)
+            tied.append((target, others))
         else:
-            kept.append((parent, attr, name))
-    return kept
+            untied.append(target)
+    return untied, tied
 
 
-def _check_explicit_format(format: str, targets: List[Tuple[nn.Module, str, str]]) -> None:
+def _keep_tied(tied: List[Tuple[_Target, List[str]]]) -> None:
+    """Tied layers stay nn.Linear, with a warning: packing GPT-2's lm_head would cut its tie to
+    the token embedding. A mask on a tied weight (pruned with prune_tied=True) is baked into
+    the shared tensor, as saving needs (and as it would be by prune.finalize)."""
+    for target, others in tied:
+        baked = ""
+        if getattr(target.module, "weight_mask", None) is not None:
+            prune.finalize(target.module)
+            baked = f"; its pruning mask is baked into the shared weight, which zeroes the same entries of {others[0]}"
+        warnings.warn(f"{target.name}.weight is tied to {', '.join(others)}: {target.name} stays an nn.Linear "
+                      f"(packing it would break the tie){baked}", stacklevel=3)
+
+
+def _check_explicit_format(format: str, targets: List[_Target]) -> None:
     """Before anything is replaced: every target's mask fits `format` (no half-converted model)."""
     fmt = PACKED_FORMATS.get(format)
     if fmt is None:
         return
-    for parent, attr, name in targets:
-        linear = _as_linear(getattr(parent, attr))
+    for target in targets:
+        linear = _as_linear(target.module)
         weight = getattr(linear, "weight_orig", linear.weight).detach()
-        problem = fmt.incompatible(check_mask(weight, _mask(getattr(parent, attr))))
+        problem = fmt.incompatible(check_mask(weight, _mask(target.module)))
         if problem:
-            raise ValueError(f"layer {name!r} cannot be stored as {format!r}: {problem}. Leave it out with "
-                             f"exclude={name!r}, or use format='auto', which keeps such layers in a format "
+            raise ValueError(f"layer {target.name!r} cannot be stored as {format!r}: {problem}. Leave it out with "
+                             f"exclude={target.name!r}, or use format='auto', which keeps such layers in a format "
                              f"that fits (or dense)")
 
 
@@ -93,24 +116,24 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
         return SparseLinear.from_dense(model, format=format, value_dtype=value_dtype, batch_sizes=batch_sizes)
     from tqdm.auto import tqdm
 
-    targets = [(parent, attr, name) for parent, attr, name in _linear_children(model)
-               if wanted(name, getattr(parent, attr), include, exclude)]
-    check_materialized(model, [(name, getattr(parent, attr)) for parent, attr, name in targets])
-    targets = _untied(model, targets)
+    targets = [t for t in _linear_children(model) if wanted(t.name, t.module, include, exclude)]
+    check_materialized(model, [(t.name, t.module) for t in targets])
     skipped = lookalike_note(model, include, exclude, with_conv1d(model, (nn.Linear, SparseLinear)))
+    targets, tied = _split_tied(model, targets)
+    _check_explicit_format(format, [t for t in targets if (plan or {}).get(t.name) is None])
+    _keep_tied(tied)
     if skipped:
         warnings.warn(skipped.replace("are not pruned", "are not sparsified"), stacklevel=2)
-    _check_explicit_format(format, [t for t in targets if (plan or {}).get(t[2]) is None])
     bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
-    for parent, attr, name in bar:
-        bar.set_postfix_str(name, refresh=False)
-        layer_format = (plan or {}).get(name, format)
-        child = getattr(parent, attr)
-        layer = SparseLinear.from_dense(_as_linear(child), _mask(child), format=layer_format,
+    for target in bar:
+        bar.set_postfix_str(target.name, refresh=False)
+        layer_format = (plan or {}).get(target.name, format)
+        layer = SparseLinear.from_dense(_as_linear(target.module), _mask(target.module), format=layer_format,
                                         value_dtype=value_dtype, batch_sizes=batch_sizes)
-        if name in (plan or {}):
+        if target.name in (plan or {}):
             layer.choice_note = "pinned by plan"
-        setattr(parent, attr, layer)
+        for parent, attr, _ in target.places:
+            setattr(parent, attr, layer)
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
             # Layers that stay nn.Linear keep their pruned zeros, without the mask

@@ -85,6 +85,7 @@ def test_prune_then_sparsify_matches_the_masked_dense_model(family, method):
     sk.sparsify(model, format="2:4" if method.endswith("2:4") else "csr", exclude="lm_head", progress=False)
     layers = [m for m in model.modules() if isinstance(m, sk.SparseLinear)]
     assert len(layers) == len(sparsities)
+    assert not any(m.training for m in model.modules())  # built in eval mode, Conv1D layers included
     torch.testing.assert_close(output(model, ids), output(masked, ids), rtol=1e-4, atol=1e-4)
 
 
@@ -136,3 +137,15 @@ def test_perplexity_of_a_hugging_face_model():
     model = build("llama")
     value = sk.eval.perplexity(model, batches())
     assert 0.5 * VOCAB < value < 2 * VOCAB  # random init: near uniform over the vocabulary
+
+
+def test_gpt2_pruned_with_its_tied_head_keeps_the_tie_through_sparsify():
+    model = build("gpt2")
+    prune.magnitude(model, 0.5, scope="layer", prune_tied=True)
+    with pytest.warns(UserWarning, match="lm_head.weight is tied to transformer.wte.weight"):
+        sk.sparsify(model, format="csr", progress=False)
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is model.transformer.wte.weight
+    assert float((model.transformer.wte.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    ids = batches(1, seq=8, seed=3)[0][:1]
+    out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 12)

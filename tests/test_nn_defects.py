@@ -220,6 +220,68 @@ def test_tied_linear_stays_dense_and_save_load_keeps_the_tie(tmp_path):
     assert torch.equal(fresh(tokens), model(tokens))
 
 
+def test_pruned_tied_linear_stays_tied_with_its_mask_baked_in(tmp_path):
+    # prune_tied=True masks the head: its shared Parameter is then head.weight_orig, which the
+    # tie check must still see (a new-user trial found the head packed and the tie cut).
+    torch.manual_seed(0)
+    embed = nn.Embedding(20, 16)
+    head = nn.Linear(16, 20, bias=False)
+    head.weight = embed.weight
+    model = nn.Sequential(embed, nn.Linear(16, 16), head)
+    sk.prune.magnitude(model, sparsity=0.5, scope="layer", prune_tied=True)
+    mask = model[2].weight_mask.clone()
+    with pytest.warns(UserWarning, match="2.weight is tied to 0.weight.*mask is baked into the shared weight"):
+        sk.sparsify(model, format="csr", progress=False)
+    assert type(model[2]) is nn.Linear and model[2].weight is model[0].weight
+    assert not hasattr(model[2], "weight_mask")
+    assert torch.equal(model[0].weight != 0, mask.bool())  # the embedding shares the zeros
+    sk.save(model, tmp_path / "m.safetensors")  # no mask bookkeeping left to refuse
+
+
+def test_a_linear_used_twice_is_packed_once_and_replaced_at_both_places(tmp_path):
+    def model_with_shared_layer():
+        torch.manual_seed(0)
+        shared = nn.Linear(16, 16)
+        return nn.Sequential(shared, nn.ReLU(), shared, nn.Sequential(shared))
+
+    model = model_with_shared_layer()
+    assert sk.prune.tied_weights(model) == {}  # one layer at three places is not a tie
+    sk.prune.magnitude(model, sparsity=0.5)
+    x = torch.randn(3, 16)
+    expected = model(x)
+    sk.sparsify(model, format="csr", progress=False)
+    assert isinstance(model[0], sk.SparseLinear) and model[2] is model[0] and model[3][0] is model[0]
+    torch.testing.assert_close(model(x), expected)
+    sk.save(model, tmp_path / "m.safetensors")
+    fresh = sk.load(model_with_shared_layer(), tmp_path / "m.safetensors")
+    assert isinstance(fresh[0], sk.SparseLinear) and fresh[2] is fresh[0] and fresh[3][0] is fresh[0]
+    assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize("format", ["csr", "dense", "auto"])
+def test_eval_mode_and_frozen_parameters_survive_sparsify_and_load(format, tmp_path):
+    # A frozen backbone in eval mode must not come back trainable, with dropout on.
+    model = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)).eval()
+    model.requires_grad_(False)
+    model[1].bias.requires_grad_(True)  # one trainable tensor: each flag is taken on its own
+    sk.prune.magnitude(model, sparsity=0.5, scope="layer")
+    sk.sparsify(model, format=format, progress=False)
+    assert [p.requires_grad for p in model.parameters()] == [False, False, False, True]
+    assert not any(m.training for m in model.modules())
+    if format == "dense":
+        return  # nothing packed to save
+    sk.save(model, tmp_path / "m.safetensors")
+    skeleton = nn.Sequential(nn.Linear(32, 32), nn.Linear(32, 32)).eval().requires_grad_(False)
+    fresh = sk.load(skeleton, tmp_path / "m.safetensors")
+    assert not any(p.requires_grad for p in fresh.parameters())
+    assert not any(m.training for m in fresh.modules())
+
+
+def test_from_dense_keeps_a_training_layer_trainable():
+    layer = sk.SparseLinear.from_dense(nn.Linear(16, 16), format="csr")
+    assert layer.training and all(p.requires_grad for p in layer.parameters())
+
+
 def test_load_state_dict_refuses_another_shape():
     small = sk.SparseLinear.from_dense(nn.Linear(32, 32), format="csr")
     with pytest.raises(ValueError, match="in_features': 32.*in_features': 64"):

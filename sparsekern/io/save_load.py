@@ -139,7 +139,12 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     for alias, target in header.aliases.items():
         stored[alias] = stored[target]
 
-    replacements = {}
+    # A module used at two places is one layer, recorded under its first name; every name
+    # that holds it gets the same SparseLinear, and its tensors under the others are aliases.
+    names_of = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    replacements, places = {}, {}
     for name, layer in header.layers.items():
         where = f"{path}: layer {name!r}"
         try:
@@ -161,11 +166,14 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             skeleton = _skeleton(layer, "meta")
         except (ValueError, TypeError) as e:  # a format's own shape rules (2:4: in % 4 == 0)
             raise ValueError(f"{where}: {e}") from e
-        _expect(where, layer_entries(name, stored, {}), skeleton.state_dict())
+        places[name] = [name] + [other for other in names_of[id(current)] if other not in header.layers]
+        for place in places[name]:
+            _expect(f"{path}: layer {place!r}", layer_entries(place, stored, {}), skeleton.state_dict())
         replacements[name] = skeleton
 
-    rest = {key: t for key, t in model.state_dict().items() if key.rpartition(".")[0] not in header.layers}
-    rest_entries = {key: e for key, e in stored.items() if key.rpartition(".")[0] not in header.layers}
+    covered = {place for names in places.values() for place in names}
+    rest = {key: t for key, t in model.state_dict().items() if key.rpartition(".")[0] not in covered}
+    rest_entries = {key: e for key, e in stored.items() if key.rpartition(".")[0] not in covered}
     _expect(f"{path}", rest_entries, rest)
 
     tensors = _read_tensors(path, header)
@@ -180,10 +188,12 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             layer.load_state_dict(own, strict=True)
         except (ValueError, TypeError, RuntimeError) as e:
             raise ValueError(f"{path}: layer {name!r}: {e}") from e
+        layer.take_mode_of(model.get_submodule(name))
         built[name] = layer
     for name, layer in built.items():
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, layer)
+        for place in places[name]:
+            parent_name, _, attr = place.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, layer)
     others = {key: t for key, t in tensors.items() if key in rest}
     try:
         model.load_state_dict(others, strict=False)

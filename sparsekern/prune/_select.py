@@ -16,7 +16,7 @@ Selector = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 
 # Where a module keeps the Parameter behind ``weight``: itself, ``weight_orig`` once
 # masked (torch.nn.utils.prune), the parametrization's ``original`` under L0 gates.
-_WEIGHT_NAMES = ("weight", "weight_orig", "parametrizations.weight.original")
+WEIGHT_NAMES = ("weight", "weight_orig", "parametrizations.weight.original")
 
 # 2-D weights that are lookup tables, not linear maps.
 _NOT_LINEAR = (nn.Linear, nn.Embedding, nn.EmbeddingBag)
@@ -40,15 +40,24 @@ def _qualified(prefix: str, name: str) -> str:
 
 def tied_weights(model: nn.Module) -> dict[str, list[str]]:
     """{parameter name: the other names of the same Parameter object} for every
-    parameter registered under more than one qualified name, e.g. GPT-2's
+    parameter shared between modules, e.g. GPT-2's
     {"transformer.wte.weight": ["lm_head.weight"], "lm_head.weight": ["transformer.wte.weight"]}
     (``named_parameters()`` lists a shared parameter once, under its first name).
-    Pruning, sparsifying or saving one name changes, or must keep, all of them."""
-    names = collections.defaultdict(list)
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names[id(param)].append(name)
-    return {name: [other for other in group if other != name]
-            for group in names.values() if len(group) > 1 for name in group}
+    Pruning, sparsifying or saving one name changes, or must keep, all of them. A module
+    used at two places (registered under two names) is one layer, not a tie: its own
+    names are not listed."""
+    names = collections.defaultdict(list)  # id(parameter) -> [(name, id(owning module))]
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module._parameters.items():
+            if param is not None:
+                names[id(param)].append((_qualified(module_name, param_name), id(module)))
+    ties = {}
+    for group in names.values():
+        for name, owner in group:
+            others = [other for other, other_owner in group if other_owner != owner]
+            if others:
+                ties[name] = others
+    return ties
 
 
 def _looks_linear(module: nn.Module, types: tuple[type, ...]) -> bool:
@@ -134,7 +143,7 @@ def prunable(model: nn.Module, include: Selector = None, exclude: Selector = Non
     for name, module in model.named_modules():
         if not isinstance(module, types) or not wanted(name, module, include, exclude):
             continue
-        others = next((tied[key] for key in (_qualified(name, w) for w in _WEIGHT_NAMES) if key in tied), None)
+        others = next((tied[key] for key in (_qualified(name, w) for w in WEIGHT_NAMES) if key in tied), None)
         if others:
             notes.append(f"{_qualified(name, 'weight')} is tied to {', '.join(others)}: skipped; "
                          "pass prune_tied=True to prune it")
