@@ -93,8 +93,8 @@ def perplexity(model: nn.Module, token_batches: Iterable) -> float:
     The model takes the ids (``model(ids)``, or ``model(input_ids=..., attention_mask=...)``
     for mappings) and returns logits [batch, seq, vocab] or an output with ``.logits``
     (any Hugging Face causal LM). It runs in eval mode, under no_grad; its mode is
-    restored after."""
-    was_training = model.training
+    restored after, module by module (a model with frozen parts in eval mode keeps them so)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     total_nll, total_tokens = 0.0, 0
     try:
@@ -123,7 +123,8 @@ def perplexity(model: nn.Module, token_batches: Iterable) -> float:
             total_nll += nll.double().sum().item()
             total_tokens += nll.numel()
     finally:
-        model.train(was_training)
+        for module, training in modes:  # not model.train(), which sets every module alike
+            module.training = training
     if total_tokens == 0:
         raise ValueError("token_batches gave no token to score")
     return math.exp(total_nll / total_tokens)

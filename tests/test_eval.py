@@ -57,6 +57,15 @@ def test_mode_is_restored_and_no_graph_is_built():
     assert not model.training
 
 
+def test_mixed_modes_are_restored_module_by_module():
+    # A model training with a frozen part in eval mode: model.train() afterwards would wake it.
+    model = nn.Sequential(nn.Embedding(5, 5), nn.Dropout(0.5))
+    model.train()
+    model[0].eval()
+    sk.eval.perplexity(model, [torch.randint(0, 5, (1, 4))])
+    assert [m.training for m in model.modules()] == [True, False, True]
+
+
 def test_bad_batches_are_clear_errors():
     with pytest.raises(ValueError, match=re.escape("token ids shaped (3,): expected [batch, seq] with seq >= 2")):
         sk.eval.perplexity(Uniform(3), [torch.tensor([0, 1, 2])])
