@@ -297,17 +297,25 @@ class SparseLinear(nn.Module):
                 weight = weight.to(x.dtype)
                 bias = None if bias is None else bias.to(x.dtype)
             return F.linear(x, weight, bias)
-        if self._use_eager_kernel(x):
-            # The fast path: one compiled call on the cached kernel, after the checks that
-            # depend on x alone (the layer's own tensors were checked when the kernel was built).
-            handle = self._kernel_handle()
-            if handle is not None and x.ndim >= 1 and x.shape[-1] == self.in_features and \
-                    x.dtype in ops.ACTIVATION_DTYPES:
-                return ops.run_kernel(self.format, handle.kernel, x, handle.bias, self.in_features, self.out_features)
-            return ops.linear_eager(self.format, x, self._packed_tensors(), self._parameters["bias"],
-                                    self.in_features, self.out_features)
-        return ops.linear_op(self.format)(x, *self._packed_tensors(), self._parameters["bias"], self.in_features,
+        try:
+            if self._use_eager_kernel(x):
+                # The fast path: one compiled call on the cached kernel, after the checks that depend
+                # on x alone (the layer's own tensors were checked when the kernel was built).
+                handle = self._kernel_handle()
+                if handle is not None and x.ndim >= 1 and x.shape[-1] == self.in_features and \
+                        x.dtype in ops.ACTIVATION_DTYPES:
+                    return ops.run_kernel(self.format, handle.kernel, x, handle.bias, self.in_features,
                                           self.out_features)
+                return ops.linear_eager(self.format, x, self._packed_tensors(), self._parameters["bias"],
+                                        self.in_features, self.out_features)
+            return ops.linear_op(self.format)(x, *self._packed_tensors(), self._parameters["bias"],
+                                              self.in_features, self.out_features)
+        except KeyError:
+            if "values" in self._parameters:
+                raise
+            raise TypeError("this SparseLinear's 'values' Parameter is gone, most likely taken by "
+                            "torch.nn.utils.prune, which cannot mask packed weights: prune the nn.Linear "
+                            "before sparsekern.sparsify (layer.to_dense() gives one back)") from None
 
     @property
     def value_dtype(self) -> torch.dtype:

@@ -360,3 +360,18 @@ def test_value_dtype_on_a_dense_layer_warns_and_keeps_the_weight_dtype():
     with pytest.warns(UserWarning, match="applies to packed formats"):
         layer = sk.SparseLinear.from_dense(nn.Linear(8, 4), format="dense", value_dtype=torch.bfloat16)
     assert layer.value_dtype == torch.float32
+
+
+def test_pruning_an_already_packed_model_says_to_prune_first():
+    model = nn.Sequential(sk.SparseLinear.from_dense(nn.Linear(16, 16), format="csr"))
+    with pytest.raises(ValueError, match=r"1 SparseLinear layer\(s\) are already packed: prune before"):
+        sk.prune.magnitude(model, 0.5)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_torch_prune_on_packed_values_is_a_clear_error(grad):
+    from torch.nn.utils import prune as torch_prune
+    layer = sk.SparseLinear.from_dense(nn.Linear(16, 16), format="csr")
+    torch_prune.l1_unstructured(layer, "values", 0.5)
+    with torch.set_grad_enabled(grad), pytest.raises(TypeError, match="'values' Parameter is gone.*torch.nn.utils.prune"):
+        layer(torch.randn(2, 16))

@@ -93,8 +93,14 @@ def _kinds(types: tuple[type, ...]) -> str:
 
 def _nothing_selected(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...],
                       notes: list[str]) -> ValueError:
+    from ..sparse_linear import SparseLinear  # here: sparse_linear is imported after prune
+
     message = (f"no prunable module ({_kinds(types)}) in {type(model).__name__} with "
                f"include={include!r}, exclude={exclude!r}")
+    packed = sum(isinstance(m, SparseLinear) for m in model.modules())
+    if packed:
+        notes = [*notes, f"its {packed} SparseLinear layer(s) are already packed: prune before sparsekern.sparsify "
+                         "(layer.to_dense() gives an nn.Linear back)"]
     return ValueError("; ".join([message, *notes]))
 
 
