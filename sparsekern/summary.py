@@ -52,15 +52,18 @@ class Summary:
         return sum(getattr(r, "derived_bytes", 0) for r in self.rows)
 
     def __str__(self) -> str:
-        header = ("layer", "format", "shape (out x in)", "sparsity", "weight bytes", "vs dense", "note", "tuning")
+        # The tuning column only where tuning kept something: most machines keep the defaults.
+        tuned = any(getattr(r, "tuning", "") for r in self.rows)
+        header = ("layer", "format", "shape (out x in)", "sparsity", "weight bytes", "vs dense", "note",
+                  *(("tuning",) if tuned else ()))
         lines = [header]
         for r in self.rows:
             lines.append((r.name, r.format, f"{r.out_features} x {r.in_features}", f"{r.sparsity:.1%}",
                           f"{r.weight_bytes:,}", f"{r.weight_bytes / max(r.dense_bytes, 1):.2f}x", r.note,
-                          getattr(r, "tuning", "")))
+                          *((getattr(r, "tuning", ""),) if tuned else ())))
         total = self.dense_bytes
         lines.append(("total", "", "", "", f"{self.weight_bytes:,}",
-                      f"{self.weight_bytes / max(total, 1):.2f}x", "", ""))
+                      f"{self.weight_bytes / max(total, 1):.2f}x", "", *(("",) if tuned else ())))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))

@@ -192,6 +192,7 @@ def test_summary_table():
     assert report.weight_bytes < 0.2 * report.dense_bytes
     text = str(report)
     assert "64 x 32" in text and "total" in text
+    assert "tuning" not in text.splitlines()[0]  # no tuning here (conftest): no empty column
 
 
 def test_summary_counts_the_kernels_in_memory_layouts():
