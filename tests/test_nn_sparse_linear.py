@@ -347,15 +347,19 @@ def test_layers_made_under_inference_mode_run():
     assert_matches_reference(first(x), x, weight, bias)
 
 
-def test_derived_layouts_can_be_turned_off_and_on():
-    # As above: a CSR layer whose batched calls build the column-chunked copy on non-scalar ISAs.
+def half_sparse_csr_layer():
+    """A CSR layer whose batched calls build the column-chunked copy (on non-scalar ISAs)."""
     if sk.cpu_isa() == "scalar":
         pytest.skip("the scalar kernels build no derived layouts")
     torch.manual_seed(0)
     linear = nn.Linear(2048, 64)
     with torch.no_grad():
         linear.weight[torch.rand(64, 2048) < 0.5] = 0
-    layer = sk.SparseLinear.from_dense(linear, format="csr")
+    return sk.SparseLinear.from_dense(linear, format="csr")
+
+
+def test_derived_layouts_can_be_turned_off_and_on():
+    layer = half_sparse_csr_layer()
     x = torch.randn(8, 2048)
     with torch.no_grad():
         with_copy = layer(x)
@@ -378,13 +382,7 @@ def test_derived_layouts_can_be_turned_off_and_on():
 
 def test_derived_layouts_off_reach_the_op_path():
     # The dispatcher's path (here: an input that needs gradients) keeps its own kernels.
-    if sk.cpu_isa() == "scalar":
-        pytest.skip("the scalar kernels build no derived layouts")
-    torch.manual_seed(0)
-    linear = nn.Linear(2048, 64)
-    with torch.no_grad():
-        linear.weight[torch.rand(64, 2048) < 0.5] = 0
-    layer = sk.SparseLinear.from_dense(linear, format="csr")
+    layer = half_sparse_csr_layer()
     values = layer._parameters["values"]
     x = torch.randn(8, 2048, requires_grad=True)
 
