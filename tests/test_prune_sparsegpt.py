@@ -97,6 +97,21 @@ def test_sparsity_is_exact_and_nm_pattern_holds():
         assert ((layer.weight != 0).reshape(-1, 4).sum(1) == 2).all()
 
 
+@pytest.mark.parametrize("n, m, block_size, features", [(2, 4, 6, 32), (2, 4, 10, 32), (2, 4, 3, 64), (1, 3, 128, 384)])
+def test_nm_pattern_holds_for_any_block_size(n, m, block_size, features):
+    # A block that ends inside a group of m used to cut the group short (or crash): the block
+    # is rounded down to a multiple of m, so the result is that block size's.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(features, 8))
+    x = correlated_inputs(64, features).float()
+    prune.sparsegpt(model, [x], n=n, m=m, block_size=block_size)
+    assert ((model[0].weight != 0).reshape(8, -1, m).sum(-1) == n).all()
+    torch.manual_seed(0)
+    rounded = nn.Sequential(nn.Linear(features, 8))
+    prune.sparsegpt(rounded, [x], n=n, m=m, block_size=max(m, block_size - block_size % m))
+    assert torch.equal(model[0].weight, rounded[0].weight)
+
+
 def test_existing_masks_stay_pruned():
     model = mlp()
     prune.magnitude(model, 0.5, scope="layer")
@@ -189,3 +204,13 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 def test_no_batches_is_a_clear_error():
     with pytest.raises(ValueError, match="batches is empty: sparsegpt needs at least one calibration batch"):
         prune.sparsegpt(mlp(), [], 0.5)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_batches_without_rows_are_a_clear_error(method):
+    # Every input unseen: sparsegpt took all of them for dead inputs and pruned every weight.
+    model = mlp()
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError, match=re.escape("calibration batch 1 holds a tensor shaped (0, 8), with no elements")):
+        getattr(prune, method)(model, [torch.randn(4, 8), torch.randn(0, 8)], 0.5)
+    assert torch.equal(model[0].weight, before)

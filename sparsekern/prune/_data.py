@@ -17,11 +17,30 @@ def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterabl
 
 def calibration(batches: Iterable, desc: str) -> Iterable:
     """``progress`` over ``batches``, refusing one mapping (a tokenizer's output) given in
-    place of the iterable of batches: iterating it would yield its keys as batches."""
+    place of the iterable of batches: iterating it would yield its keys as batches, and a
+    batch without rows (see ``_check_not_empty``)."""
     if isinstance(batches, Mapping):
         raise TypeError(f"batches is one {type(batches).__name__} (keys {list(batches)[:4]}): "
                         "pass an iterable of batches, e.g. [batch]")
-    return progress(batches, desc)
+    for index, batch in enumerate(progress(batches, desc)):
+        _check_not_empty(batch, index, desc)
+        yield batch
+
+
+def _check_not_empty(batch, index: int, desc: str) -> None:
+    """A batch whose tensors hold no element (batch size or length 0) would add nothing to the
+    statistics: a method that saw only such batches would prune on zeros (sparsegpt: every
+    weight), so it is refused."""
+    if isinstance(batch, Mapping):
+        tensors = list(batch.values())
+    elif isinstance(batch, (tuple, list)):
+        tensors = list(batch)
+    else:
+        tensors = [batch]
+    empty = next((t for t in tensors if isinstance(t, torch.Tensor) and t.numel() == 0), None)
+    if empty is not None:
+        raise ValueError(f"{desc}: calibration batch {index} holds a tensor shaped {tuple(empty.shape)}, with no "
+                         "elements: give batches with at least one row and one token")
 
 
 def run_model(model: nn.Module, batch) -> torch.Tensor:

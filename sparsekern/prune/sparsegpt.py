@@ -117,6 +117,9 @@ def _sweep(weight: torch.Tensor, u: torch.Tensor, dead: torch.Tensor, *, sparsit
     w[:, dead] = 0.0
     w[pruned] = 0.0
 
+    if sparsity is None:
+        # Groups of m must not straddle two blocks: each is scored whole, where it starts.
+        block_size = max(m, block_size - block_size % m)
     keep = torch.ones_like(w, dtype=torch.bool)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
@@ -171,7 +174,8 @@ def sparsegpt(model: nn.Module, batches: Iterable, sparsity: float | None = None
 
     sparsity: fraction in [0, 1) pruned in every layer (chosen per column block), or
     n, m: N:M along the input dimension, keeping ``n`` of every ``m`` (2, 4 for 2:4).
-    block_size: columns per mask-selection and lazy-update block (128 as in the paper).
+    block_size: columns per mask-selection and lazy-update block (128 as in the paper); with
+        n and m, rounded down to a multiple of m (at least m).
     damp: H + damp * mean(diag H) * I is inverted; when it is numerically singular,
         0.1 then 1.0 are tried with a warning naming the layer. NaN/Inf in H: ValueError.
     batches: calibration batches, as ``wanda`` takes them.
