@@ -109,6 +109,28 @@ def test_structured_shrink_equals_masking_and_removes_parameters(dim):
     shrunk.train()(x).sum().backward()
 
 
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.ReLU])
+def test_structured_shrink_equals_masking_without_a_first_bias(act):
+    # A removed unit of a bias-free layer still emits act(0): 0.5 through a sigmoid, folded
+    # into the next layer's bias (which a ReLU, emitting 0, leaves as it was: none here).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6, bias=False), act(), nn.Linear(6, 3, bias=False))
+    masked = copy.deepcopy(model)
+    prune.structured(masked, 0.5, dim=0, include="0")
+    prune.structured(model, 0.5, dim=0, include="0", shrink=True)
+    x = torch.randn(4, 8)
+    assert model[0].out_features == 3
+    torch.testing.assert_close(model(x), masked(x))
+    assert (model[2].bias is None) == (act is nn.ReLU)
+
+
+def test_structured_shrink_that_removes_every_unit_warns():
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.warns(UserWarning, match="every unit between 0 and 2 is removed"):
+        prune.structured(model, 0.99, dim=0, include="0", shrink=True)
+    assert model[0].out_features == 0
+
+
 def test_structured_shrink_needs_a_pair():
     with pytest.raises(ValueError, match="dim=0"):
         prune.structured(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)), 0.5, shrink=True)

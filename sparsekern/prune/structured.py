@@ -6,6 +6,8 @@ are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -48,8 +50,10 @@ def _sliced_linear(linear: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) ->
     """A new nn.Linear holding ``linear``'s kept rows and columns (mask carried over)."""
     weight = effective_weight(linear)[rows][:, cols]
     # skip_init: the values are overwritten, and initializing would consume the global RNG.
-    new = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=linear.bias is not None,
-                             device=weight.device, dtype=weight.dtype)
+    with warnings.catch_warnings():  # every unit removed: structured() warned already
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        new = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=linear.bias is not None,
+                                 device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         new.weight.copy_(weight)
         if linear.bias is not None:
@@ -64,17 +68,21 @@ def _sliced_linear(linear: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) ->
 def _shrink_pair(seq: nn.Sequential, i: int, j: int, keep: torch.Tensor, fold_bias: bool) -> None:
     first, second = seq[i], seq[j]
     removed = ~keep
-    if fold_bias and first.bias is not None and removed.any():
-        # A unit whose weight row is masked still emits act(bias) for every input; fold
-        # that constant into the next layer's bias so shrinking equals masking the rows.
-        constant = first.bias[removed]
+    if fold_bias and removed.any():
+        # A unit whose weight row is masked still emits act(bias) for every input (act(0)
+        # without a bias: sigmoid's 0.5); fold that constant into the next layer's bias so
+        # shrinking equals masking the rows.
+        weight = effective_weight(first)
+        constant = first.bias[removed] if first.bias is not None else \
+            torch.zeros(int(removed.sum()), dtype=weight.dtype, device=weight.device)
         for between in list(seq)[i + 1:j]:
             if not isinstance(between, nn.Dropout):
                 constant = between(constant)
         shift = effective_weight(second)[:, removed] @ constant
-        if second.bias is None:
+        if second.bias is None and shift.any():
             second.bias = nn.Parameter(torch.zeros_like(shift))
-        second.bias += shift
+        if second.bias is not None:
+            second.bias += shift
     all_in = torch.ones(first.in_features, dtype=torch.bool, device=keep.device)
     all_out = torch.ones(second.out_features, dtype=torch.bool, device=keep.device)
     seq[i] = _sliced_linear(first, keep, all_in)
@@ -96,7 +104,8 @@ def structured(model: nn.Module, amount: float, dim: int = 0, norm: int = 2, shr
         row i of the first (and its bias) and column i of the second go. dim=0 scores
         the first layer's rows (it must be selected), dim=1 the second's columns. The
         result equals shrink=False on the same units: for dim=0 a masked row still emits
-        the constant act(bias_i), which is folded into the next layer's bias. Modules are
+        the constant act(bias_i) (act(0) without a bias), which is folded into the next
+        layer's bias (one is added if needed). Modules are
         replaced: build the optimizer afterwards. Layers in no such pair (e.g. the
         classifier for dim=0, the first layer for dim=1) are left alone.
     Tied weights are skipped unless ``prune_tied`` (see ``magnitude``). Returns ``model``.
@@ -122,6 +131,11 @@ def structured(model: nn.Module, amount: float, dim: int = 0, norm: int = 2, shr
     # reaches the rows it keeps (a masked row never receives anything).
     keeps = [_unit_keep(effective_weight(seq[i] if dim == 0 else seq[j]), dim, norm, amount)
              for seq, i, j in pairs]
+    names = {id(module): name for name, module in model.named_modules()}
     for (seq, i, j), keep in reversed(list(zip(pairs, keeps))):
+        if not keep.any():  # as masking every weight of a layer warns (_masks._warn_emptied)
+            warnings.warn(f"structured: every unit between {names[id(seq[i])]} and {names[id(seq[j])]} is removed "
+                          f"(amount={amount} of {keep.numel()} rounds to all), so {names[id(seq[j])]} outputs a "
+                          "constant whatever the input. Prune less, or exclude the pair", stacklevel=2)
         _shrink_pair(seq, i, j, keep, fold_bias=dim == 0)
     return model
