@@ -24,6 +24,9 @@ class _KernelHandle(NamedTuple):
     key: tuple
     kernel: object
     bias: Optional[torch.Tensor]
+    # The tensors the kernel reads by address: held, so that a buffer replaced during a call
+    # (load_state_dict in another thread) is not freed while the kernel, without the GIL, reads it.
+    tensors: tuple
 
 
 _VERSION = attrgetter("_version")  # a tensor's in-place update counter
@@ -280,7 +283,7 @@ class SparseLinear(nn.Module):
         ops.keep_layouts(kernel)  # lives until the key changes, so it may keep derived layouts
         ops.watch_optimizer_steps()
         planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
-        self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]))
+        self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]), tuple(packed))
         return self._handle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -357,13 +360,16 @@ class SparseLinear(nn.Module):
         if packed and all(prefix + n in state_dict for n in packed.layout._fields):
             incoming = packed.layout(*(state_dict[prefix + n] for n in packed.layout._fields))
             packed.validate(incoming, (self.out_features, self.in_features))
+            # New tensors go in filled (the copy below then changes nothing): another thread
+            # calling this layer meanwhile must never see uninitialized indices.
             device = self.values.device
             for name, t in zip(packed.layout._fields, incoming):
                 if name != "values":
-                    setattr(self, name, torch.empty_like(t, device=device))
+                    setattr(self, name, t.detach().to(device=device, copy=True))
             if self.values.shape != incoming.values.shape:
-                self.values = nn.Parameter(torch.empty(incoming.values.shape, dtype=self.values.dtype,
-                                                       device=device))
+                self.values = nn.Parameter(incoming.values.detach().to(device=device, dtype=self.values.dtype,
+                                                                       copy=True),
+                                           requires_grad=self.values.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         if self.format == "dense" and prefix + "weight" in state_dict:
             self.keep_mask = state_dict[prefix + "weight"].to(self.keep_mask.device) != 0

@@ -3,13 +3,15 @@ path's kernel) never compute with weights from before an update: fused optimizer
 bump no version counter, reach them, and sk.refresh covers the updates nothing can see (through
 `.data`, or under inference_mode). A new-user trial found bf16 and float32 layers serving the
 weights from before a fused Adam step, silently."""
+import os
+
 import pytest
 import torch
 from torch import nn
 
 import sparsekern as sk
 
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, run_python
 
 # (format, batch): batches whose calls build a derived layout where the CPU has one (2:4's rows
 # in lanes from batch 3 with bf16 values; CSR's column chunks from batch 2 at 2048 columns).
@@ -80,3 +82,47 @@ def test_refresh_takes_modules_only():
     sk.refresh(sk.SparseLinear.from_dense(nn.Linear(8, 4), format="dense"))
     with pytest.raises(TypeError, match="takes a module"):
         sk.refresh(torch.zeros(3))
+
+
+RELOAD_WHILE_CALLED = """
+import threading, torch, sparsekern as sk
+from torch import nn
+
+def packed(fmt, seed, sparsity):
+    torch.manual_seed(seed)
+    linear = nn.Linear(512, 512)
+    sk.prune.magnitude(linear, sparsity)
+    return sk.SparseLinear.from_dense(linear, format=fmt)
+
+for fmt in ("csr", "bitmap"):
+    layer = packed(fmt, 1, 0.5)
+    states = [{k: v.clone() for k, v in p.state_dict().items()} for p in (packed(fmt, 2, 0.3), layer)]
+    x = torch.randn(64, 512)
+    stop = threading.Event()
+
+    def reader():
+        with torch.no_grad():
+            while not stop.is_set():
+                try:
+                    layer(x)
+                except ValueError:  # a mix of old and new buffers, refused when the kernel is built
+                    pass
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for i in range(60):
+        layer.load_state_dict(states[i % 2])
+    stop.set()
+    for t in readers:
+        t.join()
+print("ok")
+"""
+
+
+def test_reloading_a_layer_other_threads_call_does_not_crash(tmp_path):
+    # Not a supported use (calls may see old or new weights, or fail), but it must not crash the
+    # process: it did, as kernels read buffers that load_state_dict had replaced (freed) or
+    # installed before filling. In a child process, so that a crash fails this test only.
+    out = run_python(["-c", RELOAD_WHILE_CALLED], cwd=tmp_path, env={**os.environ, "SPARSEKERN_TUNE": "0"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", (out.returncode, out.stderr[-2000:])
