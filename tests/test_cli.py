@@ -57,6 +57,36 @@ def test_bench_reads_pytest_benchmark_json(tmp_path, capsys):
     assert row.split()[2:] == ["0.60x", "1.40x", "4.00x", "60%"]  # cold result left out
 
 
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file or directory"),
+    (b"\x00\x01\xff binary", "not a JSON file"),
+    (b"[1, 2]", "not a pytest-benchmark JSON file"),
+    (b'{"benchmarks": [{"extra_info": {"speedup": {"dense": 2}, "format": "csr", "values": "fp32", '
+     b'"cache": "hot", "shape": [8, 8], "batch": 1, "sparsity": "high"}}]}', "not a pytest-benchmark JSON file"),
+    (b'{"benchmarks": []}', "no layer results"),
+])
+def test_bench_reports_a_bad_json_file_in_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_bytes(content)
+    assert cli.main(["bench", "--json", str(path)]) == 1  # as `sparsekern inspect` does for a bad file
+    err = capsys.readouterr().err
+    assert err.startswith("sparsekern bench: ") and message in err and str(path) in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_bench_plot_into_a_missing_directory_fails_before_timing(monkeypatch, capsys, tmp_path):
+    def measure(args):
+        raise AssertionError("timed before checking the --plot directory")
+    monkeypatch.setattr(bench_cli, "measure", measure)
+    png = tmp_path / "missing" / "speedup.png"
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cli.main(["--plot", str(png)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--plot {png}: there is no directory {png.parent}" in err and "Traceback" not in err
+
+
 def test_break_even():
     assert bench_cli.break_even({0.5: 0.5, 0.9: 1.5}) == "70%"
     assert bench_cli.break_even({0.5: 1.2, 0.9: 3.0}) == "<= 50%"

@@ -377,7 +377,14 @@ def test_forged_layer_record(tmp_path, field, value, message):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [2**62]}), "shape"),
+    # A size is bounded by torch's int64, not by the data section (a tensor with no elements
+    # may have any other size); a forged one must still match its byte range, inside the file.
+    (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [2**62]}), "F32 \\[4611686018427387904\\] needs"),
+    (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [2**63]}), "shape .* must be a list"),
+    (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [0, 2**32, 2**32]}), "shape .* must be a list"),
+    (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [0, 1.5]}), "shape .* must be a list"),
+    (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [2**40], "data_offsets": [0, 2**42]}),
+     "data ends at byte 4398046511104"),
     (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [7]}), "hold .* bytes, but F32 \\[7\\] needs 28"),
     (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "shape": [-1]}), "shape"),
     (lambda h: h.__setitem__("fc1.values", {**h["fc1.values"], "data_offsets": [0, 2**70]}), "data_offsets"),

@@ -11,6 +11,11 @@ import torch
 # Bounds that stop a forged header from costing time or memory before it is rejected.
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 MAX_DIMS = 8
+# Sizes are bounded by what torch can hold, not by the data section: a tensor with no elements
+# ([0, 100000]) has no bytes. torch keeps sizes and contiguous strides (products of the later
+# sizes, a 0 counted as 1) in int64. A forged size still costs nothing: the tensor's byte size
+# must match its data_offsets, inside the data section.
+MAX_SIZE = 2**63 - 1
 
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -78,13 +83,14 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, TensorEntry], Dict[str
             raise ValueError(f"{where}: unknown dtype {entry['dtype']!r}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-                or not all(is_int(d, 0, data_size) for d in shape)):
+                or not all(is_int(d, 0, MAX_SIZE) for d in shape)
+                or math.prod(max(d, 1) for d in shape) > MAX_SIZE):
             raise ValueError(f"{where}: shape {shape!r} must be a list of at most {MAX_DIMS} "
-                             f"sizes in [0, {data_size}]")
+                             f"sizes >= 0 whose product (a 0 counted as 1) is at most 2**63 - 1")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o, 0, 2**64) for o in offsets):
             raise ValueError(f"{where}: data_offsets {offsets!r} must be two non-negative integers")
         begin, end = offsets
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
         if end - begin != nbytes:
             raise ValueError(f"{where}: data_offsets {offsets} hold {end - begin} bytes, but "
                              f"{entry['dtype']} {shape} needs {nbytes}")

@@ -50,10 +50,14 @@ def save(model: nn.Module, path: str) -> None:
     uint16/int32, values [nnz]), so the file size follows the nonzeros; tied tensors are
     stored once. A model still carrying pruning masks or parametrizations is refused
     (ValueError): sparsify or finalize it first. The file is written to `path + ".tmp"` and
-    renamed, so a crash never leaves a half-written file under `path`.
+    renamed, so a crash never leaves a half-written file under `path`. A missing directory
+    raises FileNotFoundError naming it, before anything is written.
     """
     from safetensors.torch import save_file
 
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):  # else safetensors fails naming its own temporary file
+        raise FileNotFoundError(f"cannot save {path}: there is no directory {directory}")
     _check_no_prune_bookkeeping(model)
     if isinstance(model, SparseLinear):
         raise ValueError("sparsekern.save takes a model that contains SparseLinear layers; wrap a "
@@ -131,8 +135,15 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     tensors (no dense weight is built). Every other parameter and buffer must match the
     file by name, shape and dtype. device: where the tensors go (default: the model's).
     Raises ValueError naming the problem, before changing the model, for any file that is
-    damaged, forged, from a newer version, or does not fit the model.
+    damaged, forged, from a newer version, or does not fit the model, and for a device torch
+    cannot use here (e.g. "cuda" on a CPU-only build).
     """
+    if device is not None:
+        try:  # now, not halfway through filling the layers
+            torch.empty(0, device=torch.device(device))
+        except (RuntimeError, AssertionError, TypeError, ValueError) as e:
+            reason = str(e).partition("\n")[0]  # the first line says why; a table of backends may follow
+            raise ValueError(f"sparsekern.load: cannot use device {device!r}: {reason}") from e
     header = read_header(path)
     device = torch.device(device) if device is not None else _model_device(model)
     stored = dict(header.tensors)

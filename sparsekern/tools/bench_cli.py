@@ -4,7 +4,9 @@ over dense, the break-even sparsity per shape and batch, and optionally plot the
 decode and prefill of a Llama-shaped model instead (its own options: `--llm --help`)."""
 import argparse
 import json
+import os
 import re
+import sys
 from collections import defaultdict
 from typing import Dict, List, Tuple
 
@@ -73,8 +75,11 @@ def _parse(argv: List[str]) -> argparse.Namespace:
     # Custom shapes are named as the table and pytest-benchmark JSON files name them: "768x768".
     args.custom_shapes = {f"{o}x{i}": (o, i) for o, i in args.custom_shapes}
     args.shapes = args.shapes + [name for name in args.custom_shapes if name not in args.shapes]
-    if args.plot:
-        try:  # now, not after minutes of timing
+    if args.plot:  # now, not after minutes of timing
+        directory = os.path.dirname(args.plot) or "."
+        if not os.path.isdir(directory):
+            p.error(f"--plot {args.plot}: there is no directory {directory}")
+        try:
             import matplotlib  # noqa: F401
         except ImportError:
             p.error(f"--plot needs matplotlib: {PLOT_EXTRA}")
@@ -98,22 +103,29 @@ def measure(args) -> Curves:
 
 def read_json(args) -> Curves:
     """The layer results of a `pytest benchmarks/ --benchmark-json` file that match the
-    chosen format, values dtype and cache mode."""
-    with open(args.json) as f:
-        data = json.load(f)
+    chosen format, values dtype and cache mode. A file it cannot open raises OSError; one
+    that is not such a JSON file, ValueError."""
+    with open(args.json, "rb") as f:
+        try:
+            data = json.load(f)
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise ValueError(f"{args.json}: not a JSON file: {e}") from e
     curves: Curves = defaultdict(dict)
     names = {v: k for k, v in SHAPES.items()}
     wanted = {"format": args.format, "values": args.values, "cache": args.cache}
-    for bench in data.get("benchmarks", []):
-        info = bench.get("extra_info", {})
-        if "speedup" not in info or "dense" not in info["speedup"]:
-            continue
-        if any(info.get(key) != value for key, value in wanted.items()):
-            continue
-        shape = names.get(tuple(info["shape"]), "x".join(map(str, info["shape"])))
-        curves[(shape, info["batch"])][info["sparsity"]] = info["speedup"]["dense"]
+    try:
+        for bench in data.get("benchmarks", []):
+            info = bench.get("extra_info", {})
+            if "speedup" not in info or "dense" not in info["speedup"]:
+                continue
+            if any(info.get(key) != value for key, value in wanted.items()):
+                continue
+            shape = names.get(tuple(info["shape"]), "x".join(map(str, info["shape"])))
+            curves[(shape, int(info["batch"]))][float(info["sparsity"])] = float(info["speedup"]["dense"])
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # JSON, but not pytest-benchmark's layout
+        raise ValueError(f"{args.json}: not a pytest-benchmark JSON file ({type(e).__name__}: {e})") from e
     if not curves:
-        raise SystemExit(f"{args.json}: no layer results for {wanted} (was it written by pytest benchmarks/?)")
+        raise ValueError(f"{args.json}: no layer results for {wanted} (was it written by pytest benchmarks/?)")
     return curves
 
 
@@ -186,7 +198,14 @@ def main(argv: List[str]) -> int:
         from . import llm_bench
         return llm_bench.main(argv)
     args = _parse(argv)
-    curves = read_json(args) if args.json else measure(args)
+    if args.json:
+        try:  # one line and exit status 1, as `sparsekern inspect` reports a bad file
+            curves = read_json(args)
+        except (OSError, ValueError) as e:
+            print(f"sparsekern bench: {e}", file=sys.stderr)
+            return 1
+    else:
+        curves = measure(args)
     source = f"from {args.json}, " if args.json else ""
     print(f"speedup of sparsekern over dense F.linear ({source}{args.format}, {args.cache} cache, {args.values} values)")
     print(report(curves, args.format))
