@@ -87,6 +87,18 @@ def test_bench_plot_into_a_missing_directory_fails_before_timing(monkeypatch, ca
     assert f"--plot {png}: there is no directory {png.parent}" in err and "Traceback" not in err
 
 
+def test_bench_plot_with_a_file_type_matplotlib_cannot_write_fails_before_timing(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+
+    def measure(args):
+        raise AssertionError("timed before checking the --plot file type")
+    monkeypatch.setattr(bench_cli, "measure", measure)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cli.main(["--plot", str(tmp_path / "speedup.xyz")])
+    assert exit_info.value.code == 2
+    assert "the file name must end in one of" in capsys.readouterr().err
+
+
 def test_break_even():
     assert bench_cli.break_even({0.5: 0.5, 0.9: 1.5}) == "70%"
     assert bench_cli.break_even({0.5: 1.2, 0.9: 3.0}) == "<= 50%"

@@ -81,8 +81,14 @@ def _parse(argv: List[str]) -> argparse.Namespace:
             p.error(f"--plot {args.plot}: there is no directory {directory}")
         try:
             import matplotlib  # noqa: F401
+            from matplotlib.backends.backend_agg import FigureCanvasAgg  # plot() draws with Agg
+            from matplotlib.figure import Figure
         except ImportError:
             p.error(f"--plot needs matplotlib: {PLOT_EXTRA}")
+        kinds = FigureCanvasAgg(Figure()).get_supported_filetypes()
+        suffix = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        if suffix not in kinds:
+            p.error(f"--plot {args.plot}: the file name must end in one of " + ", ".join(f".{k}" for k in sorted(kinds)))
     return args
 
 
