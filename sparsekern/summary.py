@@ -59,7 +59,7 @@ class Summary:
         lines = [header]
         for r in self.rows:
             lines.append((r.name, r.format, f"{r.out_features} x {r.in_features}", f"{r.sparsity:.1%}",
-                          f"{r.weight_bytes:,}", f"{r.weight_bytes / max(r.dense_bytes, 1):.2f}x", r.note,
+                          f"{r.weight_bytes:,}", f"{r.weight_bytes / r.dense_bytes:.2f}x" if r.dense_bytes else "-", r.note,
                           *((getattr(r, "tuning", ""),) if tuned else ())))
         total = self.dense_bytes
         lines.append(("total", "", "", "", f"{self.weight_bytes:,}",

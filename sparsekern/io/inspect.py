@@ -24,7 +24,7 @@ class FileInfo(NamedTuple):
             sparsity = 1 - layer.nnz / total if total else 0.0
             size = self.layer_bytes(name)
             rows.append((name or "(model)", layer.format, f"{layer.out_features} x {layer.in_features}",
-                         dtype_name(layer.dtype), f"{sparsity:.1%}", f"{size:,}", f"{size / max(dense, 1):.2f}x"))
+                         dtype_name(layer.dtype), f"{sparsity:.1%}", f"{size:,}", f"{size / dense:.2f}x" if dense else "-"))
         layer_total = sum(self.layer_bytes(n) for n in layers)
         other = sum(e.nbytes for e in self.header.tensors.values()) - layer_total
         rows.append(("other tensors", "", "", "", "", f"{other:,}", ""))
