@@ -150,12 +150,30 @@ def test_opcheck(value_dtype, x_shape):
 
 
 def test_gradcheck_float64():
-    packed, _ = case_24(5, 8, seed=1)
+    # Two kept per group, so no padding: the gradient of a stored zero is 0 by definition
+    # (below), which a finite difference cannot see.
+    packed, _ = case_24(5, 8, seed=1, kept_per_group=2)
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     values = packed.values.double().requires_grad_()
     bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
     fn = lambda x, v, b: torch.ops.sparsekern.nm24_linear(x, v, packed.meta, b, 8, 5)
     assert torch.autograd.gradcheck(fn, (x, values, bias))
+
+
+def test_padding_zeros_get_no_gradient():
+    # Groups keeping 1 or 0 weights store zeros that are not weights: a gradient there would
+    # let fine-tuning grow back what the mask pruned. The kept values get the masked-dense one.
+    packed, weight = case_24(30, 40, seed=2)
+    assert bool((packed.values == 0).any())  # the case has padding
+    x = torch.randn(8, 40)
+    values = packed.values.clone().requires_grad_()
+    torch.ops.sparsekern.nm24_linear(x, values, packed.meta, None, 40, 30).square().sum().backward()
+    w_ref = weight.clone().requires_grad_()
+    (x @ w_ref.T).square().sum().backward()
+    expected = torch.where(weight != 0, w_ref.grad, 0)
+    got = nm.unpack(nm.Nm24Tensors(values.grad, packed.meta), (30, 40), torch.float32)
+    assert bool((values.grad[packed.values == 0] == 0).all())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_match_masked_dense():

@@ -1,5 +1,6 @@
 """Regression tests for defects a new-user trial found in SparseLinear and sparsify (issue 12).
 None of them times anything: format choices run on a fake timer."""
+import copy
 import io
 import math
 
@@ -48,6 +49,27 @@ def test_fine_tuning_keeps_a_dense_format_layer_pruned(fmt, monkeypatch):
         model(torch.randn(16, 64)).square().sum().backward()
         optimizer.step()
     assert [m.nnz for m in (model[0], model[2])] == nnz
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_fine_tuning_a_sparser_than_2_4_layer_packed_as_2_4_grows_no_padding(fused):
+    # 1:4 is 2:4-compatible: each group stores a zero in its unused slot. Those zeros trained
+    # like weights and grew back what the mask pruned (a new-user trial: 65536 of them).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    sk.prune.nm(model, 1, 4)
+    reference = copy.deepcopy(model)
+    sk.sparsify(model, format="2:4", progress=False)
+    x = torch.randn(16, 64)
+    for net in (model, reference):
+        optimizer = torch.optim.AdamW(net.parameters(), lr=0.05, weight_decay=0.1, fused=fused)
+        for _ in range(5):
+            optimizer.zero_grad()
+            net(x).square().mean().backward()
+            optimizer.step()
+    for layer, masked in ((model[0], reference[0]), (model[2], reference[2])):
+        assert layer.nnz == int(masked.weight_mask.sum())
+        torch.testing.assert_close(layer.dense_weight(), masked.weight.detach(), rtol=1e-4, atol=1e-5)
 
 
 def test_dense_format_mask_survives_load_state_dict():

@@ -15,7 +15,9 @@ mask per lane (sparsekern's csrc/kernels/cpu/nm24_linear_simd.h), and because it
 layout of NVIDIA's 2:4 metadata, so a CUDA kernel can share it.
 
 A group that keeps fewer than 2 weights (1:4, 0:4 are 2:4-compatible) stores an explicit zero
-at its lowest unused position: a stored entry like any other (it trains when values do).
+at its lowest unused position. A stored zero is padding, not a weight (nnz counts the nonzero
+values): its gradient is 0, so fine-tuning cannot grow it back, as no torch.optim step moves a
+zero with a zero gradient. A kept weight that is exactly zero is therefore frozen at zero.
 in_features must be a multiple of 4: padding would make forward copy x to pad it, which costs
 as much as a batch-1 product saves; such layers stay dense or CSR (ValueError here).
 """
@@ -190,11 +192,12 @@ linear_torch, grad_input = through_dense(unpack)
 
 
 def sampled_grad(grad_y: torch.Tensor, x: torch.Tensor, nm: Nm24Tensors, in_features: int) -> torch.Tensor:
-    """dL/dvalues [out, in / 2]: (grad_y.T @ x) at the stored positions."""
+    """dL/dvalues [out, in / 2]: (grad_y.T @ x) at the stored positions, 0 at the padding (the
+    stored zeros), which must not train into weights the mask pruned."""
     dtype = compute_dtype(grad_y, x)
     g2 = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
     x2 = x.reshape(-1, in_features).to(dtype)
-    return (g2.t() @ x2).gather(1, positions_of(nm.meta, in_features))
+    return (g2.t() @ x2).gather(1, positions_of(nm.meta, in_features)).masked_fill(nm.values == 0, 0)
 
 
 # 2:4 stores in / 2 slots per row whatever the mask; padding slots hold zeros, not weights.
