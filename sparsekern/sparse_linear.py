@@ -6,12 +6,22 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import ops, planner
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
 from .formats.common import KERNEL_VALUE_TYPES
 
 AUTO = "auto"
+
+
+def check_not_parametrized(module: nn.Module, name: str = "") -> None:
+    """A parametrized weight (L0 gates) is computed on each read, a random sample in training
+    mode: packing it would keep one sample and drop the gates."""
+    if parametrize.is_parametrized(module, "weight"):
+        where = f"layer {name!r}" if name else type(module).__name__
+        raise ValueError(f"{where} has a parametrized weight (L0 gates?): call sparsekern.prune.l0_masks(model), "
+                         "which turns the gates into masks, before packing it")
 
 
 def check_format(format: str, allowed: Sequence[str]) -> None:
@@ -90,6 +100,7 @@ class SparseLinear(nn.Module):
         if format == "dense" and value_dtype not in (None, linear.weight.dtype):
             warnings.warn(f"value_dtype={value_dtype} applies to packed formats: a dense layer keeps its weight's "
                           f"dtype, {linear.weight.dtype}", stacklevel=2)
+        check_not_parametrized(linear)
         if linear.weight.is_meta:
             raise ValueError("from_dense got a Linear on the meta device: meta tensors have a shape but no "
                              "values to pack. Load the weights first, or build the model on a real device "

@@ -10,7 +10,7 @@ from . import planner, prune
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
 from .prune._linear import as_linear, is_conv1d, linear_mask, with_conv1d
 from .prune._select import WEIGHT_NAMES, Selector, check_materialized, lookalike_note, tied_weights, wanted
-from .sparse_linear import AUTO, SparseLinear, check_format
+from .sparse_linear import AUTO, SparseLinear, check_format, check_not_parametrized
 
 CHOICES = (*LAYER_FORMATS, AUTO)
 
@@ -67,19 +67,28 @@ def _keep_tied(tied: List[Tuple[_Target, List[str]]]) -> None:
                       f"(packing it would break the tie){baked}", stacklevel=3)
 
 
-def _check_explicit_format(format: str, targets: List[_Target]) -> None:
-    """Before anything is replaced: every target's mask fits `format` (no half-converted model)."""
-    fmt = PACKED_FORMATS.get(format)
-    if fmt is None:
-        return
+def _check_explicit_formats(formats: Dict[str, str], targets: List[_Target]) -> None:
+    """Before anything is replaced: every target's mask fits the packed format given for it
+    ({layer name: format}, from `format=` or the plan), so no model is left half-converted."""
     for target in targets:
+        fmt = PACKED_FORMATS.get(formats[target.name])
+        if fmt is None:
+            continue
         linear = _as_linear(target.module)
         weight = getattr(linear, "weight_orig", linear.weight).detach()
         problem = fmt.incompatible(check_mask(weight, _mask(target.module)))
         if problem:
-            raise ValueError(f"layer {target.name!r} cannot be stored as {format!r}: {problem}. Leave it out with "
+            raise ValueError(f"layer {target.name!r} cannot be stored as {fmt.name!r}: {problem}. Leave it out with "
                              f"exclude={target.name!r}, or use format='auto', which keeps such layers in a format "
                              f"that fits (or dense)")
+
+
+def _check_plan(plan: Dict[str, str]) -> None:
+    for name, pinned in plan.items():
+        try:
+            check_format(pinned, LAYER_FORMATS)
+        except ValueError as e:
+            raise ValueError(f"plan[{name!r}]: {e}") from None
 
 
 def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, exclude: Selector = None,
@@ -110,27 +119,30 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     nn.Linear as `model` is returned converted.
     """
     check_format(format, CHOICES)
-    for name, pinned in (plan or {}).items():
-        check_format(pinned, LAYER_FORMATS)
+    plan = dict(plan or {})
+    _check_plan(plan)
     if isinstance(model, nn.Linear):
         return SparseLinear.from_dense(model, format=format, value_dtype=value_dtype, batch_sizes=batch_sizes)
     from tqdm.auto import tqdm
 
     targets = [t for t in _linear_children(model) if wanted(t.name, t.module, include, exclude)]
     check_materialized(model, [(t.name, t.module) for t in targets])
+    for target in targets:  # before any layer is replaced
+        check_not_parametrized(target.module, target.name)
     skipped = lookalike_note(model, include, exclude, with_conv1d(model, (nn.Linear, SparseLinear)))
     targets, tied = _split_tied(model, targets)
-    _check_explicit_format(format, [t for t in targets if (plan or {}).get(t.name) is None])
+    formats = {t.name: plan.get(t.name, format) for t in targets}
+    _check_explicit_formats(formats, targets)
     _keep_tied(tied)
     if skipped:
         warnings.warn(skipped.replace("are not pruned", "are not sparsified"), stacklevel=2)
+    _warn_unmatched(plan, formats, include, exclude, targets or tied)
     bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
     for target in bar:
         bar.set_postfix_str(target.name, refresh=False)
-        layer_format = (plan or {}).get(target.name, format)
-        layer = SparseLinear.from_dense(_as_linear(target.module), _mask(target.module), format=layer_format,
+        layer = SparseLinear.from_dense(_as_linear(target.module), _mask(target.module), format=formats[target.name],
                                         value_dtype=value_dtype, batch_sizes=batch_sizes)
-        if target.name in (plan or {}):
+        if target.name in plan:
             layer.choice_note = "pinned by plan"
         for parent, attr, _ in target.places:
             setattr(parent, attr, layer)
@@ -142,6 +154,18 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
         elif isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerEncoder)):
             _keep_off_fused_encoder(module)
     return model
+
+
+def _warn_unmatched(plan: Dict[str, str], formats: Dict[str, str], include: Selector, exclude: Selector,
+                    selected: list) -> None:
+    """A plan entry or a selector that reaches no layer is most likely a typo: said, not ignored."""
+    unused = [name for name in plan if name not in formats]
+    if unused:
+        warnings.warn(f"plan names {unused[:5]}{' ...' if len(unused) > 5 else ''}, which this call does not "
+                      "sparsify (no such nn.Linear, or left out by include/exclude or a tie)", stacklevel=3)
+    if not selected and (include is not None or exclude is not None):
+        warnings.warn(f"include={include!r}, exclude={exclude!r} select no nn.Linear: nothing is sparsified",
+                      stacklevel=3)
 
 
 def _as_linear(module: nn.Module) -> nn.Linear:

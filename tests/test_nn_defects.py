@@ -211,6 +211,38 @@ def test_explicit_format_names_the_layer_before_replacing_anything():
     assert model[0].format == "2:4" and type(model[2]) is nn.Linear
 
 
+def test_a_plan_pinning_a_format_the_mask_cannot_take_replaces_nothing():
+    model = pruned_mlp(sparsity=0.8)
+    with pytest.raises(ValueError, match=r"layer '2' cannot be stored as '2:4'"):
+        sk.sparsify(model, format="csr", plan={"2": "2:4"}, progress=False)
+    assert all(type(m) is nn.Linear for m in (model[0], model[2]))  # nothing half-converted
+
+
+def test_plan_and_selector_mistakes_are_said():
+    with pytest.raises(ValueError, match=r"plan\['2'\]: format = 'coo'"):
+        sk.sparsify(pruned_mlp(), format="csr", plan={"2": "coo"}, progress=False)
+    with pytest.warns(UserWarning, match=r"plan names \['fc9'\], which this call does not sparsify"):
+        model = sk.sparsify(pruned_mlp(), format="csr", plan={"fc9": "bitmap"}, progress=False)
+    assert (model[0].format, model[2].format) == ("csr", "csr")
+    with pytest.warns(UserWarning, match=r"include='fc\*', exclude=None select no nn.Linear"):
+        model = sk.sparsify(pruned_mlp(), format="csr", include="fc*", progress=False)
+    assert type(model[0]) is nn.Linear
+
+
+def test_l0_gates_must_become_masks_before_packing():
+    # In training mode a gated weight is a random sample: packing it dropped the gates silently.
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    sk.prune.l0_gates(model, init_keep=0.5)
+    with pytest.raises(ValueError, match=r"layer '0' has a parametrized weight.*l0_masks"):
+        sk.sparsify(model, format="csr", progress=False)
+    assert type(model[2]).__name__ == "ParametrizedLinear"  # nothing replaced
+    with pytest.raises(ValueError, match=r"ParametrizedLinear has a parametrized weight"):
+        sk.SparseLinear.from_dense(model[0])
+    sk.prune.l0_masks(model)
+    sk.sparsify(model, format="csr", progress=False)
+    assert isinstance(model[0], sk.SparseLinear)
+
+
 def test_include_selects_layers():
     model = pruned_mlp()
     sk.sparsify(model, format="csr", include=["0"], progress=False)
