@@ -4,6 +4,7 @@
 that sparsekern._C links, so importing torch first makes one OpenMP runtime serve both.
 """
 import os
+import warnings
 
 import torch  # noqa: F401  (must precede _C, see above)
 
@@ -29,7 +30,11 @@ def _choose_cpu_isa() -> str:
     if forced not in CPU_ISAS:
         raise ValueError(f"{ISA_ENV}={forced!r}: expected one of {', '.join(CPU_ISAS)}")
     if not _C.cpu_supports(forced):
-        raise RuntimeError(f"{ISA_ENV}={forced!r}: this CPU cannot run the {forced} kernels")
+        # A cap above this CPU (one setting for a fleet of machines) leaves the best it has,
+        # said once, rather than making the package fail to import.
+        best = _C.best_cpu_isa()
+        warnings.warn(f"{ISA_ENV}={forced!r}: this CPU cannot run the {forced} kernels; using {best}", stacklevel=2)
+        return best
     return forced
 
 
