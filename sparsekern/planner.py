@@ -16,6 +16,7 @@ Choices are cached, keyed by everything they depend on; format and tile choices 
 """
 import hashlib
 import json
+import numbers
 import os
 import platform
 import statistics
@@ -39,6 +40,17 @@ WIN_MARGIN = 1.1
 # (6 B per nonzero against 4) and bitmap saves under a third of them, which has not been seen
 # to pay batched (at 30%, bitmap measured 1.6x at batch 1 but 0.97x at batch 64 on Zen 5).
 MIN_SPARSITY = 0.3
+
+
+def check_batch_sizes(batch_sizes) -> Tuple[int, ...]:
+    """`batch_sizes` as a tuple of positive ints (what sparsify, from_dense and tune time);
+    a TypeError or ValueError naming the problem otherwise."""
+    if isinstance(batch_sizes, (int, str)) or not isinstance(batch_sizes, Sequence):
+        raise TypeError(f"batch_sizes = {batch_sizes!r}: expected a sequence of batch sizes, e.g. (1, 64)")
+    if not batch_sizes or not all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b >= 1
+                                  for b in batch_sizes):
+        raise ValueError(f"batch_sizes = {batch_sizes!r}: expected one or more positive integers, e.g. (1, 64)")
+    return tuple(int(b) for b in batch_sizes)  # NumPy integers too, as plain ints for the cache key
 
 
 def batch_bucket(batch: int) -> int:
@@ -214,9 +226,12 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     family and model, ISA, threads, or GPU), the kernels' build (kernels_build()), shape,
     sparsity, dtypes, batch sizes and candidates, so the same layer gets the same choice on
     the same machine with the same kernels."""
+    batch_sizes = check_batch_sizes(batch_sizes)
     out_features, in_features = weight.shape
+    if weight.numel() == 0:
+        return "dense", "no weights"
     nnz = int(mask.sum())
-    sparsity = 1 - nnz / max(1, weight.numel())
+    sparsity = 1 - nnz / weight.numel()
     device = weight.device
     if device.type == "cpu":
         formats, machine = tuple(PACKED_FORMATS), (cpu_model(), _backend.cpu_isa(), torch.get_num_threads(),
@@ -229,7 +244,6 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     candidates = tuple(name for name in formats if PACKED_FORMATS[name].incompatible(mask) is None)
     if sparsity < MIN_SPARSITY:
         return "dense", f"sparsity {sparsity:.0%} < {MIN_SPARSITY:.0%}"
-    batch_sizes = tuple(batch_sizes)
     key = json.dumps([out_features, in_features, round(sparsity, 2), str(weight.dtype), str(value_dtype), has_bias,
                       candidates, batch_sizes, device.type, machine])
     _load_disk_cache()

@@ -97,6 +97,7 @@ class SparseLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense takes an nn.Linear, got {type(linear).__name__}")
         check_format(format, (*LAYER_FORMATS, AUTO))
+        batch_sizes = planner.check_batch_sizes(batch_sizes)
         if format == "dense" and value_dtype not in (None, linear.weight.dtype):
             warnings.warn(f"value_dtype={value_dtype} applies to packed formats: a dense layer keeps its weight's "
                           f"dtype, {linear.weight.dtype}", stacklevel=2)
@@ -155,6 +156,7 @@ class SparseLinear(nn.Module):
         and sparsify do this, in the source Linear's dtype, unless SPARSEKERN_TUNE=0. A no-op
         for layers the CPU kernels do not run (dense, other devices, float16 values), and for
         calls that read no tiles (the native bf16 kernels)."""
+        batch_sizes = planner.check_batch_sizes(batch_sizes)
         if self.format not in PACKED_FORMATS:
             return
         packed = self.packed()

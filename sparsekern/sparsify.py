@@ -119,6 +119,7 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     nn.Linear as `model` is returned converted.
     """
     check_format(format, CHOICES)
+    batch_sizes = planner.check_batch_sizes(batch_sizes)
     plan = dict(plan or {})
     _check_plan(plan)
     if isinstance(model, nn.Linear):

@@ -429,3 +429,18 @@ def test_torch_prune_on_packed_values_is_a_clear_error(grad):
     torch_prune.l1_unstructured(layer, "values", 0.5)
     with torch.set_grad_enabled(grad), pytest.raises(TypeError, match="'values' Parameter is gone.*torch.nn.utils.prune"):
         layer(torch.randn(2, 16))
+
+
+@pytest.mark.parametrize("batch_sizes, error", [((), ValueError), ((-1,), ValueError), ((0,), ValueError),
+                                                ((2.5,), ValueError), (64, TypeError), ((True,), ValueError)])
+def test_bad_batch_sizes_are_clear_errors(batch_sizes, error):
+    with pytest.raises(error, match="batch_sizes = "):
+        sk.sparsify(pruned_mlp(), format="auto", batch_sizes=batch_sizes, progress=False)
+    with pytest.raises(error, match="batch_sizes = "):
+        sk.SparseLinear.from_dense(nn.Linear(8, 8), format="csr", batch_sizes=batch_sizes)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_auto_keeps_a_layer_without_weights_dense():
+    layer = sk.SparseLinear.from_dense(nn.Linear(16, 0), format="auto")
+    assert layer.format == "dense" and layer.choice_note == "no weights"
