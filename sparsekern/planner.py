@@ -247,6 +247,8 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
     key = json.dumps([out_features, in_features, round(sparsity, 2), str(weight.dtype), str(value_dtype), has_bias,
                       candidates, batch_sizes, device.type, machine])
     _load_disk_cache()
+    if key in _format_cache and _format_cache[key][0] not in (*candidates, "dense"):
+        del _format_cache[key]  # a cache file edited or damaged by hand: measure again
     if key not in _format_cache:
         format, why, clean = _measure_choice(weight, mask, has_bias, value_dtype, candidates, batch_sizes)
         _format_cache[key] = (format, why)
@@ -458,6 +460,8 @@ def choose_tiles(format: str, tensors, in_features: int, out_features: int, spar
                       out_features, in_features, round(sparsity, 2), str(tensors.values.dtype), str(act_dtype),
                       [batch_bucket(b) for b in tiled], default])
     _load_tile_disk_cache()
+    if key in _tile_cache and _tile_cache[key][0] not in (None, *candidates.values()):
+        del _tile_cache[key]  # a cache file edited or damaged by hand: measure again
     if key not in _tile_cache:
         fmt = formats[format]
         kernels = {name: fmt.kernel(tensors, in_features, out_features) for name in ("default", *candidates)}

@@ -2,6 +2,7 @@
 None of them times anything: format choices run on a fake timer."""
 import copy
 import io
+import json
 import math
 
 import pytest
@@ -142,6 +143,19 @@ def test_auto_choice_persists_on_disk(monkeypatch):
     monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([0.5] * 9)))
     second = sk.sparsify(pruned_mlp(), format="auto", progress=False)
     assert sk.summary(second).plan == sk.summary(first).plan
+
+
+@pytest.mark.parametrize("saved", ["banana", "2:4"])
+def test_a_saved_choice_the_layer_cannot_take_is_measured_again(monkeypatch, saved):
+    # An entry edited or damaged by hand: an unknown format, or one this mask cannot hold.
+    monkeypatch.setattr(sk.tools.timing, "time_rounds", fake_rounds(repeat([4.0] * 9)))
+    sk.sparsify(pruned_mlp(), format="auto", progress=False)
+    path = planner.cache_path()
+    path.write_text(json.dumps({key: [saved, "edited"] for key in json.loads(path.read_text())}))
+    monkeypatch.setattr(planner, "_format_cache", {})
+    monkeypatch.setattr(planner, "_disk_loaded", False)
+    again = sk.sparsify(pruned_mlp(), format="auto", progress=False)
+    assert set(sk.summary(again).plan.values()) == {"csr"} and "edited" not in again[0].choice_note
 
 
 def test_other_kernels_do_not_reuse_a_saved_choice(monkeypatch):

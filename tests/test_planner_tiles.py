@@ -130,6 +130,22 @@ def test_choices_persist_on_disk_and_are_reused(tuning, monkeypatch):
     assert len(calls) == timed and second.tile_choice == first.tile_choice
 
 
+def test_a_saved_tile_choice_that_is_no_candidate_is_measured_again(tuning, monkeypatch):
+    # An entry edited or damaged by hand ({"bogus": 3}) failed on the layer's first call.
+    names = names_2_4()
+    fake_ratios(monkeypatch, ([[1.3] * 5] + [[0.9] * 5] * (len(names) - 1) + [[1.3] * 5]) * 2)
+    linear, mask = layer_2_4()
+    first = sk.SparseLinear.from_dense(linear, mask=mask, format="2:4", batch_sizes=(64,))
+    path = tuning / "tile_choices.json"
+    path.write_text(json.dumps({key: [{"bogus": 3}, "edited"] for key in json.loads(path.read_text())}))
+    monkeypatch.setattr(planner, "_tile_cache", {})
+    monkeypatch.setattr(planner, "_tile_disk_loaded", False)
+    second = sk.SparseLinear.from_dense(linear, mask=mask, format="2:4", batch_sizes=(64,))
+    assert second.tile_choice == first.tile_choice and second.tuning_note != "edited"
+    with torch.no_grad():
+        second(torch.randn(64, 64))
+
+
 def test_off_switch_and_untiled_batches_time_nothing(monkeypatch, tmp_path):
     monkeypatch.setenv(planner.CACHE_ENV, str(tmp_path))
     calls = fake_ratios(monkeypatch, [])
