@@ -17,7 +17,6 @@ ops are torch computations on any device.
 `linear_eager` is P_linear without the dispatcher (about 9 us cheaper per call);
 SparseLinear uses it when nothing traces or records gradients.
 """
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -27,6 +26,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import planner
+from ._env import env_flag
 from .formats import PACKED_FORMATS, PackedFormat
 from .formats.common import KERNEL_VALUE_TYPES, compute_dtype
 
@@ -122,7 +122,7 @@ def version_of(t: Tensor) -> int:
 # derived_bytes). On unless SPARSEKERN_DERIVED_LAYOUTS=0 (or off / false / no); part of every
 # cached kernel's key, so that set_derived_layouts reaches kernels built before it.
 LAYOUTS_ENV = "SPARSEKERN_DERIVED_LAYOUTS"
-derived_layouts_on = os.environ.get(LAYOUTS_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+derived_layouts_on = env_flag(LAYOUTS_ENV)
 
 
 def set_derived_layouts(enabled: bool) -> bool:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
+from ._env import env_flag
 from .tools import timing
 from .formats import PACKED_FORMATS
 
@@ -359,7 +360,7 @@ _tile_disk_loaded = False
 
 def tuning_enabled() -> bool:
     """Whether sparsify / from_dense time tile alternatives (SPARSEKERN_TUNE, default on)."""
-    return os.environ.get(TUNE_ENV, "1").strip() not in ("0", "off", "false", "no")
+    return env_flag(TUNE_ENV)
 
 
 def tile_cache_path() -> Path:
