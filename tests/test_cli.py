@@ -75,30 +75,6 @@ def test_bench_reports_a_bad_json_file_in_one_line(tmp_path, capsys, content, me
     assert len(err.splitlines()) == 1, err
 
 
-def test_bench_plot_into_a_missing_directory_fails_before_timing(monkeypatch, capsys, tmp_path):
-    def measure(args):
-        raise AssertionError("timed before checking the --plot directory")
-    monkeypatch.setattr(bench_cli, "measure", measure)
-    png = tmp_path / "missing" / "speedup.png"
-    with pytest.raises(SystemExit) as exit_info:
-        bench_cli.main(["--plot", str(png)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"--plot {png}: there is no directory {png.parent}" in err and "Traceback" not in err
-
-
-def test_bench_plot_with_a_file_type_matplotlib_cannot_write_fails_before_timing(monkeypatch, capsys, tmp_path):
-    pytest.importorskip("matplotlib")
-
-    def measure(args):
-        raise AssertionError("timed before checking the --plot file type")
-    monkeypatch.setattr(bench_cli, "measure", measure)
-    with pytest.raises(SystemExit) as exit_info:
-        bench_cli.main(["--plot", str(tmp_path / "speedup.xyz")])
-    assert exit_info.value.code == 2
-    assert "the file name must end in one of" in capsys.readouterr().err
-
-
 def test_break_even():
     assert bench_cli.break_even({0.5: 0.5, 0.9: 1.5}) == "70%"
     assert bench_cli.break_even({0.5: 1.2, 0.9: 3.0}) == "<= 50%"
@@ -155,16 +131,26 @@ def test_bench_rejects_bad_shapes(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_bench_plot_without_matplotlib_fails_before_timing(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+@pytest.mark.parametrize("case", ["missing directory", "unknown file type", "no matplotlib"])
+def test_bench_plot_is_checked_before_timing(monkeypatch, capsys, tmp_path, case):
+    if case == "no matplotlib":
+        monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    elif case == "unknown file type":
+        pytest.importorskip("matplotlib")
+    path, message = {
+        "missing directory": (tmp_path / "missing" / "speedup.png", f"there is no directory {tmp_path / 'missing'}"),
+        "unknown file type": (tmp_path / "speedup.xyz", "the file name must end in one of"),
+        "no matplotlib": (tmp_path / "speedup.png", '--plot needs matplotlib: pip install "sparsekern[plot]"'),
+    }[case]
 
     def measure(args):
-        raise AssertionError("timed before checking for matplotlib")
+        raise AssertionError("timed before checking --plot")
     monkeypatch.setattr(bench_cli, "measure", measure)
     with pytest.raises(SystemExit) as exit_info:
-        bench_cli.main(["--plot", str(tmp_path / "speedup.png")])
+        bench_cli.main(["--plot", str(path)])
     assert exit_info.value.code == 2
-    assert '--plot needs matplotlib: pip install "sparsekern[plot]"' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
 
 
 def test_speedup_axis_labels_ticks_as_speedups():
