@@ -99,8 +99,8 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     format: a packed format ('csr', '2:4', ...), 'dense', or 'auto': per layer, the packed
         format that measured fastest and faster than dense on this machine at every size in
         `batch_sizes` (only formats that can hold the layer's mask; `summary` says why).
-        With an explicit packed format, a layer whose mask cannot take it raises a ValueError
-        naming the layer, before any layer is replaced.
+        With an explicit packed format (or one a plan pins), a layer whose mask cannot take it
+        raises a ValueError naming the layer, before any layer is replaced.
     include / exclude: which layers, by the selectors sparsekern.prune takes (a glob on the
         qualified name, a list of globs, or a predicate f(name, module)).
     batch_sizes: the batch sizes 'auto' times (a decode-only service: (1,)).
@@ -108,15 +108,20 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
         Layers made or kept dense keep their weight's dtype, in which 'auto' timed them.
     progress: show a progress bar (default: when writing to a terminal).
     plan: {layer name: format}, e.g. sk.summary(model).plan from an earlier run: pins the
-        choices (no timing) for the layers it names.
+        choices (no timing) for the layers it names. Plan entries and include/exclude that
+        reach no layer warn.
 
     Masks attached by sparsekern.prune or torch.nn.utils.prune decide the pattern, else the
     weights' zeros. nn.MultiheadAttention's out_proj stays an nn.Linear (its parent reads the
-    weight itself), and so does a Linear whose weight is tied to another parameter (GPT-2's
-    lm_head), with a warning; transformers' Conv1D (GPT-2) is packed as its transpose, and
-    linear-like modules of other types are named in a warning. torch's fused encoder fast path is turned off where it would read a
-    packed weight. A model on the meta device is refused with the way to load it. A bare
-    nn.Linear as `model` is returned converted.
+    weight itself), and so does a Linear whose weight is tied to another module's (GPT-2's
+    lm_head), with a warning (a mask on it, from prune_tied=True, is baked into the shared
+    weight); transformers' Conv1D (GPT-2) is packed as its transpose, and linear-like modules
+    of other types are named in a warning. A Linear used at several places is packed once,
+    for all of them. The new layers keep the replaced ones' train/eval mode and frozen
+    parameters. torch's fused encoder fast path is turned off where it would read a packed
+    weight. A model on the meta device is refused with the way to load it, and an L0-gated
+    (parametrized) weight until prune.l0_masks. A bare nn.Linear as `model` is returned
+    converted.
     """
     check_format(format, CHOICES)
     batch_sizes = planner.check_batch_sizes(batch_sizes)
