@@ -148,6 +148,7 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
         bar.set_postfix_str(target.name, refresh=False)
         layer = SparseLinear.from_dense(_as_linear(target.module), _mask(target.module), format=formats[target.name],
                                         value_dtype=value_dtype, batch_sizes=batch_sizes)
+        layer.take_mode_of(target.module)  # a Conv1D's, not its transposed copy's
         if target.name in plan:
             layer.choice_note = "pinned by plan"
         for parent, attr, _ in target.places:

@@ -19,10 +19,14 @@ def calibration(batches: Iterable, desc: str) -> Iterable:
     """``progress`` over ``batches``, refusing one mapping (a tokenizer's output) given in
     place of the iterable of batches: iterating it would yield its keys as batches, and a
     batch without rows (see ``_check_not_empty``)."""
-    if isinstance(batches, Mapping):
+    if isinstance(batches, Mapping):  # now, not on the first batch
         raise TypeError(f"batches is one {type(batches).__name__} (keys {list(batches)[:4]}): "
                         "pass an iterable of batches, e.g. [batch]")
-    for index, batch in enumerate(progress(batches, desc)):
+    return _checked(progress(batches, desc), desc)
+
+
+def _checked(batches: Iterable, desc: str) -> Iterable:
+    for index, batch in enumerate(batches):
         _check_not_empty(batch, index, desc)
         yield batch
 

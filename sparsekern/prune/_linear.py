@@ -49,11 +49,6 @@ def as_linear(module: nn.Module) -> nn.Linear:
         linear.weight.copy_(weight.T)
         if module.bias is not None:
             linear.bias.copy_(module.bias.detach())
-    # What is packed from this copy keeps the module's mode and frozen parameters.
-    linear.train(module.training)
-    linear.weight.requires_grad_(getattr(module, "weight_orig", module.weight).requires_grad)
-    if module.bias is not None:
-        linear.bias.requires_grad_(module.bias.requires_grad)
     return linear
 
 
