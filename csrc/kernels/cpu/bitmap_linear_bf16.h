@@ -23,6 +23,12 @@
 // 1.1-1.5x slower at batch 8-16 and 1.0-1.1x at 32-64 on Zen 5 (2 threads, 4096 x 4096,
 // 50-70%). The expansion still costs: on one thread with W in L3, at batch 16, the products
 // alone took 9.3 cycles per row and word, the expansion alone 5.9, both 14.2.
+// Where this leaves batch 64 on Zen 4 (4096 x 4096, 50%): 84% of vdpbf16ps's peak (one zmm per
+// cycle per core, measured), dense bf16 in torch 75%, so multiplying the zeros cannot pass
+// about 1.3x of dense there. Skipping only the all-zero column pairs (a quarter of them at 50%)
+// with a per-row list of the others, built ahead, x chunked to stay in L1, and four tiles per
+// pair ran at 0.87x this path's speed on one thread before any decoding: each vdpbf16ps then
+// needs a tile row of its own, and the loads bound it at about 0.56 per cycle.
 // The expansion of one 32-column word is bitmap_expand_bf16.h's.
 #pragma once
 
@@ -146,7 +152,10 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < words; ++k) {
+    // Word k + 1 is expanded before word k's products, so that its stores have long landed
+    // when the broadcasts read them back (expanding each word just before its own products ran
+    // 2-5% slower at batch 64 and 128, the same at 32: Zen 4, 4096 x 4096, 50%, 2 threads, C++ A/B).
+    auto expand = [&](int64_t k) {
       uint32_t* e = expanded + (k & 1) * R * 16;
       for (int i = 0; i < block; ++i) {
         const uint32_t m = bits[i][k];
@@ -155,6 +164,11 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
         _mm_prefetch(reinterpret_cast<const char*>(next[i]) + kPrefetchValueBytes, _MM_HINT_T0);
         if (k % 16 == 0) _mm_prefetch(reinterpret_cast<const char*>(bits[i] + k + kPrefetchWords), _MM_HINT_T0);
       }
+    };
+    expand(0);
+    for (int64_t k = 0; k < words; ++k) {
+      if (k + 1 < words) expand(k + 1);
+      const uint32_t* e = expanded + (k & 1) * R * 16;
       const uint32_t* xk = x + k * 16 * kTileRows;
       // Unrolled so that the accumulators stay in registers (without it gcc kept them in memory).
 #pragma GCC unroll 2
