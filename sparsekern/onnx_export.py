@@ -23,6 +23,10 @@ from .sparse_linear import SparseLinear
 
 _INDEX_BYTES = 8  # ONNX sparse tensors index with int64
 
+# ONNX element types of the weights that may be stored sparse (TensorProto.FLOAT, FLOAT16,
+# DOUBLE, BFLOAT16), as numbers so that importing this module does not need onnx.
+_FLOAT_TYPES = (1, 10, 11, 16)
+
 _log = logging.getLogger(__name__)
 
 # Loggers of the exporter's libraries; torch.onnx's has its own stderr handler, the others
@@ -88,7 +92,10 @@ def _sparsify_initializers(graph) -> int:
     for init in graph.initializer:
         array = numpy_helper.to_array(init)
         # Weight matrices only (ndim >= 2): a zero-initialized bias would qualify too, to no gain.
-        nonzero = np.flatnonzero(array) if array.dtype.kind == "f" and array.ndim >= 2 else None
+        # Floating by the ONNX type, not numpy's kind: bfloat16 arrives as ml_dtypes.bfloat16,
+        # whose numpy kind is "V", and bf16 weights were written dense.
+        floating = init.data_type in _FLOAT_TYPES
+        nonzero = np.flatnonzero(array) if floating and array.ndim >= 2 else None
         if nonzero is None or nonzero.size * (array.itemsize + _INDEX_BYTES) >= array.nbytes:
             keep.append(init)
             continue
