@@ -112,6 +112,26 @@ def _sparsify_initializers(graph) -> int:
     return len(constants)
 
 
+def _activation_dtype(model: nn.Module, example_inputs: Sequence[Any]):
+    """(dtype, what it was read from): the dtype of the activations SparseLinear layers will see.
+
+    SparseLinear computes in x's dtype whatever its values' dtype, so its dense stand-in must
+    take that dtype (bf16 values with fp32 inputs export as an fp32 graph). That is the first
+    floating example input's; a model fed only integers (an LLM's token ids) computes in its
+    own weights' dtype, read from the first floating parameter or buffer outside the
+    SparseLinear layers (the embedding). Without that second rule a bias-less layer with bf16
+    values kept bf16 in an fp32 LLM, and the graph failed ONNX's type checks."""
+    for t in example_inputs:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.dtype, f"{t.dtype} example inputs"
+    packed = {id(t) for layer in model.modules() if isinstance(layer, SparseLinear)
+              for t in (*layer.parameters(), *layer.buffers())}
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point() and id(t) not in packed:
+            return t.dtype, f"{t.dtype} weights with inputs of no floating dtype"
+    return None, ""
+
+
 def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dynamic_shapes: Optional[Any] = None,
                 opset_version: Optional[int] = None, input_names: Optional[Sequence[str]] = None,
                 output_names: Optional[Sequence[str]] = None) -> Dict[str, int]:
@@ -123,8 +143,10 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     ({0: "batch", 1: "sequence"},) for more dynamic dimensions, or ({},) for static shapes.
     input_names, output_names: the graph's input and output names; by default "input" and
     "output" (input_0, input_1, ... when there are several).
-    The graph computes the dense-equivalent model (same outputs); pruned weights are stored
-    as sparse Constants (see the module docstring). The model is checked with onnx.checker before it is
+    The graph computes the dense-equivalent model (same outputs), its layers in the dtype of the
+    floating example inputs, or, for integer inputs (token ids), of the model's weights outside
+    the SparseLinear layers; pruned weights are stored as sparse Constants (see the module
+    docstring). A bfloat16 graph warns: onnxruntime's CPU provider cannot run it. The model is checked with onnx.checker before it is
     written. Returns {"sparse_constants": n, "initializers": n} for the written file.
     `model` is returned to its original state afterwards (its layers are swapped only
     during the export). The exporter's notes (not its errors) go to the logger
@@ -139,13 +161,12 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     if dynamic_shapes is None:
         dynamic_shapes = tuple({0: "batch"} if isinstance(t, torch.Tensor) and t.dim() > 0 else None
                                for t in example_inputs)
-    # SparseLinear computes in float32 and returns x.dtype, so its dense stand-in takes the
-    # activations' dtype (bf16 values with fp32 inputs export as an fp32 graph).
-    dtype = next((t.dtype for t in example_inputs if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    dtype, source = _activation_dtype(model, example_inputs)
     if dtype == torch.bfloat16:
-        warnings.warn("bfloat16 example inputs export a bfloat16 graph, which onnxruntime's CPU provider cannot "
-                      "run (it has no bfloat16 Gemm); for onnxruntime, export a float32 copy of the model "
-                      "(copy.deepcopy(model).float()) with float32 example inputs", stacklevel=2)
+        warnings.warn(f"{source} export a bfloat16 graph, which onnxruntime's CPU provider cannot run (it has no "
+                      "bfloat16 Gemm); for onnxruntime, export a float32 copy of the model "
+                      "(copy.deepcopy(model).float()), with float32 example inputs where it takes floating ones",
+                      stacklevel=2)
     swapped = []
     for parent in list(model.modules()):
         for attr, child in list(parent.named_children()):

@@ -277,3 +277,41 @@ def test_onnx_export_of_a_bf16_model_stores_its_weights_sparse(tmp_path):
     assert stored == expected  # the very weights, rounded nowhere
     dense_bytes = sum(model[i].in_features * model[i].out_features * 2 for i in (0, 2, 4))
     assert path.stat().st_size < 0.7 * dense_bytes
+
+
+class TokenModel(nn.Module):
+    """Token ids in, like an LLM: an embedding, then two layers without bias (as Llama's)."""
+
+    def __init__(self, value_dtype=None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(32, 64)
+        g = torch.Generator().manual_seed(0)
+        layers = []
+        for out_features, in_features in ((96, 64), (32, 96)):
+            linear = nn.Linear(in_features, out_features, bias=False)
+            with torch.no_grad():
+                linear.weight.copy_(random_sparse_weight(out_features, in_features, 0.2, generator=g)[0])
+            layers.append(sk.SparseLinear.from_dense(linear, format="csr", value_dtype=value_dtype))
+        self.up, self.down = layers
+
+    def forward(self, ids):
+        return self.down(torch.relu(self.up(self.embed(ids))))
+
+
+def test_onnx_export_of_token_inputs_takes_the_models_dtype(tmp_path):
+    # A new-user trial: an fp32 LLM with bf16 values (value_dtype=torch.bfloat16), exported with
+    # token ids, failed ONNX's type checks ("B has inconsistent type tensor(bfloat16)"): with no
+    # floating input the dense stand-ins kept the values' bf16.
+    onnx_runtime()
+    model = TokenModel(value_dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, 32, (2, 5))
+    path = tmp_path / "tokens.onnx"
+    sk.export_onnx(model, (ids,), str(path), dynamic_shapes=({0: "batch", 1: "sequence"},))
+    other = torch.randint(0, 32, (3, 7))
+    _, (y,) = run_onnx(path, {"input": other})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(other), rtol=1e-5, atol=1e-5)
+    # A bf16 model fed token ids makes a bf16 graph: the warning says so, as for bf16 inputs.
+    with pytest.warns(UserWarning, match="bfloat16 weights with inputs of no floating dtype export a bfloat16 graph"):
+        sk.export_onnx(TokenModel().to(torch.bfloat16).eval(), (ids,), str(tmp_path / "bf16.onnx"))
