@@ -167,13 +167,19 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
                       "bfloat16 Gemm); for onnxruntime, export a float32 copy of the model "
                       "(copy.deepcopy(model).float()), with float32 example inputs where it takes floating ones",
                       stacklevel=2)
-    swapped = []
+    swapped, stand_ins = [], {}
     for parent in list(model.modules()):
-        for attr, child in list(parent.named_children()):
+        # _modules, not named_children(), which names a module set at two attributes once: a
+        # layer used at several places (sparsify puts one SparseLinear at each) was swapped at
+        # the first only, and the export failed on the op left at the others. One stand-in
+        # per layer, so the graph shares its weights as the model does.
+        for attr, child in list(parent._modules.items()):
             if isinstance(child, SparseLinear):
                 swapped.append((parent, attr, child))
-                dense = child.to_dense()
-                setattr(parent, attr, dense.to(dtype) if dtype is not None else dense)
+                if id(child) not in stand_ins:
+                    dense = child.to_dense()
+                    stand_ins[id(child)] = dense.to(dtype) if dtype is not None else dense
+                setattr(parent, attr, stand_ins[id(child)])
     try:
         with _exporter_notes_at_debug():
             program = torch.onnx.export(model, tuple(example_inputs), dynamo=True, dynamic_shapes=dynamic_shapes,

@@ -315,3 +315,33 @@ def test_onnx_export_of_token_inputs_takes_the_models_dtype(tmp_path):
     # A bf16 model fed token ids makes a bf16 graph: the warning says so, as for bf16 inputs.
     with pytest.warns(UserWarning, match="bfloat16 weights with inputs of no floating dtype export a bfloat16 graph"):
         sk.export_onnx(TokenModel().to(torch.bfloat16).eval(), (ids,), str(tmp_path / "bf16.onnx"))
+
+
+class SharedLayer(nn.Module):
+    """One SparseLinear at two attributes, as sparsify leaves a Linear used at two places."""
+
+    def __init__(self):
+        super().__init__()
+        linear = nn.Linear(64, 64)
+        with torch.no_grad():
+            linear.weight.copy_(random_sparse_weight(64, 64, 0.05, generator=torch.Generator().manual_seed(0))[0])
+        self.first = self.second = sk.SparseLinear.from_dense(linear)
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def test_onnx_export_of_a_layer_used_twice(tmp_path):
+    # A new-user trial: the layer was swapped for its dense stand-in at its first attribute only
+    # (named_children() names a module once), and the export failed on the sparsekern op left at
+    # the second ("No ONNX function found for sparsekern.csr_linear").
+    onnx_runtime()
+    model = SharedLayer().eval()
+    path = tmp_path / "shared.onnx"
+    info = sk.export_onnx(model, (torch.randn(2, 64),), str(path))
+    assert info == {"sparse_constants": 1, "initializers": 1}  # the weights once, shared as in the model
+    assert model.first is model.second and isinstance(model.second, sk.SparseLinear)  # put back at both
+    x = torch.randn(3, 64)
+    _, (y,) = run_onnx(path, {"input": x})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-5, atol=1e-5)
