@@ -56,9 +56,23 @@ def test_demo_shows_the_machine_choices_and_a_layer_where_sparsity_pays(capsys, 
     (["--sparsity", "1.5"], "--sparsity = 1.5"),
     (["--method", "obd"], "invalid choice: 'obd'"),
     (["--batch-sizes", "0"], "each must be >= 1"),
+    (["--hidden", "0"], "--hidden = 0, expected >= 1"),  # was a ZeroDivisionError
+    (["--hidden", "-3"], "--hidden = -3, expected >= 1"),  # was a traceback from nn.Linear
+    (["--method", "nm", "--hidden", "6"], "needs --hidden to be a multiple of 4"),  # was prune.nm's traceback
 ])
 def test_demo_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as error:
         demo.main(argv)
     assert error.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_says_in_one_line_a_sparsity_the_pruning_cannot_reach(capsys):
+    # A new-user trial: --sparsity 0.995 passes the [0, 1) check, then the global magnitude
+    # pruning (each layer capped at 0.99) raised a ValueError traceback after dense training.
+    with pytest.raises(SystemExit) as error:
+        demo.main(["--sparsity", "0.995", "--epochs", "1", "--hidden", "8", "--no-large"])
+    message = str(error.value.code)
+    assert message.startswith("sparsekern demo: --method magnitude --sparsity 0.995: sparsity = 0.995 cannot be "
+                              "reached with max_layer_sparsity = 0.99")
+    assert "\n" not in message

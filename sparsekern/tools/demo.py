@@ -89,6 +89,10 @@ def _parse(argv) -> argparse.Namespace:
         parser.error(f"--batch-sizes {args.batch_sizes}: each must be >= 1")
     if args.epochs < 1:
         parser.error(f"--epochs = {args.epochs}, expected >= 1")
+    if args.hidden < 1:  # was a traceback from nn.Linear (negative) or a ZeroDivisionError (0)
+        parser.error(f"--hidden = {args.hidden}, expected >= 1")
+    if args.method == "nm" and args.hidden % 4:  # 2:4 groups 4 inputs; the hidden layers take --hidden
+        parser.error(f"--method nm (2:4) needs --hidden to be a multiple of 4, not {args.hidden}")
     if args.sparsity is None:
         args.sparsity = 0.5 if args.method == "structured" else 0.9
     if not 0.0 <= args.sparsity < 1.0:
@@ -151,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     dense_accuracy = accuracy(dense, data.x_test, data.y_test)
 
     label = "2:4" if args.method == "nm" else "learned" if args.method == "l0" else f"{args.sparsity:.0%}"
-    pruned = prune_model(copy.deepcopy(dense), args.method, args.sparsity, data, gradual=args.gradual,
-                         epochs=args.epochs, seed=args.seed)
+    try:
+        pruned = prune_model(copy.deepcopy(dense), args.method, args.sparsity, data, gradual=args.gradual,
+                             epochs=args.epochs, seed=args.seed)
+    except ValueError as error:  # e.g. --sparsity 0.995 past the 0.99 cap of each layer under a global scope
+        raise SystemExit(f"sparsekern demo: --method {args.method} --sparsity {args.sparsity}: {error}") from None
     pruned_accuracy = accuracy(pruned, data.x_test, data.y_test)
     layers = prune.layer_sparsity(pruned)
     shapes = {name: tuple(m.weight.shape) for name, m in pruned.named_modules() if isinstance(m, nn.Linear)}
