@@ -20,6 +20,8 @@ TINY = llm_bench.Settings(llm_bench.LlamaShape(hidden=64, intermediate=128, laye
     (["--heads", "32", "--kv-heads", "5"], "not a multiple of --kv-heads"),
     (["--hidden", "66", "--heads", "2", "--kv-heads", "1"], "multiples of 4"),
     (["--dtypes", "fp16"], "invalid choice"),
+    # Head size 3: was a RuntimeError traceback from transformers' rotary embedding, models built.
+    (["--hidden", "12", "--heads", "4", "--kv-heads", "2", "--intermediate", "8"], "must be even"),
 ])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -244,8 +244,10 @@ def _parse(argv: List[str]) -> Tuple[Settings, List[str], List[str]]:
     p = argparse.ArgumentParser(prog="sparsekern bench --llm", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--llm", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"])
-    p.add_argument("--kinds", nargs="+", choices=["decode", "prefill"], default=["decode", "prefill"])
+    p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"],
+                   help="model dtypes (default bf16 fp32)")
+    p.add_argument("--kinds", nargs="+", choices=["decode", "prefill"], default=["decode", "prefill"],
+                   help="what to time (default decode prefill)")
     for name, default in vars(shape).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, metavar="N",
                        help=f"model {name.replace('_', ' ')} (default {default})")
@@ -269,6 +271,9 @@ def _parse(argv: List[str]) -> Tuple[Settings, List[str], List[str]]:
         p.error(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
     if args.hidden % 4 or args.intermediate % 4:
         p.error("--hidden and --intermediate must be multiples of 4 (2:4 needs whole groups of 4 inputs)")
+    if (args.hidden // args.heads) % 2:  # rotary embeddings turn pairs of each head's dimensions
+        p.error(f"--hidden / --heads = {args.hidden // args.heads} must be even (Llama's rotary embeddings "
+                "rotate pairs of dimensions)")
     try:
         require_transformers()
     except ImportError as e:
