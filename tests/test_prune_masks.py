@@ -257,3 +257,17 @@ def test_sparsity_reports():
     assert prune.global_sparsity(model) == pytest.approx(0.5, abs=1e-3)
     copy_ = copy.deepcopy(model)  # deep copies keep working masks
     assert prune.layer_sparsity(copy_) == prune.layer_sparsity(model)
+
+
+def test_sparsity_reports_of_layers_without_weights():
+    # A new-user trial (sparsekern demo --hidden 0): global_sparsity raised ZeroDivisionError and
+    # layer_sparsity said NaN for layers with a zero dimension; SparseLinear.sparsity says 0.0.
+    empty = nn.Sequential(nn.Linear(4, 0), nn.ReLU(), nn.Linear(0, 3))
+    assert prune.layer_sparsity(empty) == {"0": 0.0, "2": 0.0}
+    assert prune.global_sparsity(empty) == 0.0
+    assert sparsekern.SparseLinear.from_dense(empty[0]).sparsity == 0.0
+    mixed = nn.Sequential(nn.Linear(4, 0), nn.Linear(4, 4))
+    with torch.no_grad():
+        mixed[1].weight[0] = 0
+    assert prune.layer_sparsity(mixed) == {"0": 0.0, "1": 0.25}
+    assert prune.global_sparsity(mixed) == 0.25

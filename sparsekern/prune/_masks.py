@@ -281,14 +281,17 @@ def prune_by_scores(modules: list[tuple[str, nn.Module]], scores: Mapping[str, t
 def layer_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
                    types: tuple[type, ...] = (nn.Linear,)) -> dict[str, float]:
     """Fraction of zero entries in each selected module's effective weight (nn.Linear
-    covers transformers' Conv1D too)."""
-    return {name: (effective_weight(m) == 0).float().mean().item()
+    covers transformers' Conv1D too); 0.0 for a weight without entries, as
+    SparseLinear.sparsity says (the mean of none was NaN)."""
+    return {name: (effective_weight(m) == 0).float().mean().item() if m.weight.numel() else 0.0
             for name, m in select(model, include, exclude, with_conv1d(model, types))}
 
 
 def global_sparsity(model: nn.Module, include: Selector = None, exclude: Selector = None,
                     types: tuple[type, ...] = (nn.Linear,)) -> float:
-    """Fraction of zero weights over all selected modules, weighted by size."""
+    """Fraction of zero weights over all selected modules, weighted by size; 0.0 when they hold
+    no weights at all (layers with a zero dimension: was a ZeroDivisionError)."""
     modules = select(model, include, exclude, with_conv1d(model, types))
     zeros = sum(int((effective_weight(m) == 0).sum()) for _, m in modules)
-    return zeros / sum(m.weight.numel() for _, m in modules)
+    total = sum(m.weight.numel() for _, m in modules)
+    return zeros / total if total else 0.0
