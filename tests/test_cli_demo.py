@@ -59,6 +59,7 @@ def test_demo_shows_the_machine_choices_and_a_layer_where_sparsity_pays(capsys, 
     (["--hidden", "0"], "--hidden = 0, expected >= 1"),  # was a ZeroDivisionError
     (["--hidden", "-3"], "--hidden = -3, expected >= 1"),  # was a traceback from nn.Linear
     (["--method", "nm", "--hidden", "6"], "needs --hidden to be a multiple of 4"),  # was prune.nm's traceback
+    (["--seed", str(2 ** 64)], "fits in 64 bits"),  # was torch's 'Overflow when unpacking long long'
 ])
 def test_demo_rejects_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as error:

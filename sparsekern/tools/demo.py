@@ -89,6 +89,8 @@ def _parse(argv) -> argparse.Namespace:
         parser.error(f"--batch-sizes {args.batch_sizes}: each must be >= 1")
     if args.epochs < 1:
         parser.error(f"--epochs = {args.epochs}, expected >= 1")
+    if not -2 ** 63 <= args.seed < 2 ** 64:  # torch's generators take 64 bits (was an OverflowError traceback)
+        parser.error(f"--seed = {args.seed}, expected an integer that fits in 64 bits")
     if args.hidden < 1:  # was a traceback from nn.Linear (negative) or a ZeroDivisionError (0)
         parser.error(f"--hidden = {args.hidden}, expected >= 1")
     if args.method == "nm" and args.hidden % 4:  # 2:4 groups 4 inputs; the hidden layers take --hidden
