@@ -131,6 +131,21 @@ def test_bench_rejects_bad_shapes(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_bench_refuses_cases_larger_than_memory_before_timing(monkeypatch, capsys):
+    # A new-user trial: --shape 1000000x1000000 (or --batches 100000000) ended in a torch
+    # allocation traceback ("DefaultCPUAllocator: can't allocate memory") once timing began.
+    monkeypatch.setattr(bench_cli, "_physical_memory", lambda: 2**30)  # a 1 GiB machine
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cli.main(["--shape", "100000x100000", "--batches", "1"])
+    assert exit_info.value.code == 2
+    assert ("100000x100000 at batch 1: its float32 weights, input and output alone take 37.3 GiB, more than "
+            "this machine's 1.0 GiB") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_cli._parse(["--shape", "768x768", "--batches", "1000000"])  # x and y: 5.7 GiB
+    assert bench_cli._parse(["--shape", "768x768", "--batches", "64"]).shapes == ["768x768"]
+    assert bench_cli._parse(["--shape", "100000x100000", "--json", "results.json"]).json  # reads, allocates nothing
+
+
 @pytest.mark.parametrize("case", ["missing directory", "unknown file type", "no matplotlib"])
 def test_bench_plot_is_checked_before_timing(monkeypatch, capsys, tmp_path, case):
     if case == "no matplotlib":

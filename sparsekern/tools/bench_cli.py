@@ -36,6 +36,14 @@ def _shape(text: str) -> Tuple[int, int]:
     return out_features, in_features
 
 
+def _physical_memory() -> int:
+    """Bytes of RAM, or 0 where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 def _parse(argv: List[str]) -> argparse.Namespace:
     def listed(values):
         return " ".join(map(str, values))
@@ -75,6 +83,14 @@ def _parse(argv: List[str]) -> argparse.Namespace:
     # Custom shapes are named as the table and pytest-benchmark JSON files name them: "768x768".
     args.custom_shapes = {f"{o}x{i}": (o, i) for o, i in args.custom_shapes}
     args.shapes = args.shapes + [name for name in args.custom_shapes if name not in args.shapes]
+    if not args.json:  # now, not as a torch allocation traceback in the middle of the timing
+        memory = _physical_memory()
+        for name in args.shapes:
+            out_features, in_features = args.custom_shapes.get(name) or SHAPES[name]
+            needed = 4 * (out_features * in_features + max(args.batches) * (in_features + out_features))
+            if memory and needed > memory:
+                p.error(f"{name} at batch {max(args.batches)}: its float32 weights, input and output alone take "
+                        f"{needed / 2**30:,.1f} GiB, more than this machine's {memory / 2**30:,.1f} GiB")
     if args.plot:  # now, not after minutes of timing
         directory = os.path.dirname(args.plot) or "."
         if not os.path.isdir(directory):
