@@ -27,6 +27,15 @@ def test_unknown_command_is_refused(capsys):
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--foo"], ["--foo", "inspect", "model.safetensors"], ["--llm", "bench"]])
+def test_an_option_before_the_command_is_named(argv, capsys):
+    # A new-user trial: these said "the following arguments are required: COMMAND".
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert f"error: unrecognized option {argv[0]}: the command comes first" in capsys.readouterr().err
+
+
 def test_bench_times_a_case_and_prints_the_table(capsys):
     assert cli.main(["bench", "--shapes", "square-1k", "--sparsities", "0.9", "--batches", "4"]) == 0
     out = capsys.readouterr().out

@@ -49,6 +49,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND",
                         help="; ".join(f"{name}: {text}" for name, (_, text) in COMMANDS.items()))
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        # Only the first word is parsed here: an option before the command was reported as
+        # "the following arguments are required: COMMAND", even with a command after it.
+        parser.error(f"unrecognized option {argv[0]}: the command comes first, its options after it "
+                     "('sparsekern COMMAND --help' lists them)")
     args, rest = parser.parse_known_args(argv[:1])
     run, _ = COMMANDS[args.command]
     try:
