@@ -146,8 +146,8 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     The graph computes the dense-equivalent model (same outputs), its layers in the dtype of the
     floating example inputs, or, for integer inputs (token ids), of the model's weights outside
     the SparseLinear layers; pruned weights are stored as sparse Constants (see the module
-    docstring). A bfloat16 graph warns: onnxruntime's CPU provider cannot run it. The model is checked with onnx.checker before it is
-    written. Returns {"sparse_constants": n, "initializers": n} for the written file.
+    docstring). A bfloat16 graph warns: onnxruntime's CPU provider cannot run it. The model is
+    checked with onnx.checker before it is written. Returns {"sparse_constants": n, "initializers": n} for the written file.
     `model` is returned to its original state afterwards (its layers are swapped only
     during the export). The exporter's notes (not its errors) go to the logger
     sparsekern.onnx_export at DEBUG instead of stderr.
