@@ -154,7 +154,8 @@ void rows(const BitmapMatrix& w, const DenseArgs& a, const uint32_t* tiles, int6
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
     // Word k + 1 is expanded before word k's products, so that its stores have long landed
     // when the broadcasts read them back (expanding each word just before its own products ran
-    // 2-5% slower at batch 64 and 128, the same at 32: Zen 4, 4096 x 4096, 50%, 2 threads, C++ A/B).
+    // 2-6% slower with four tiles, batch 64-256, the same at 17-48: Zen 4, 4096 x 4096, 11008 x
+    // 4096 and 4096 x 11008, 50-70%, C++ A/B).
     auto expand = [&](int64_t k) {
       uint32_t* e = expanded + (k & 1) * R * 16;
       for (int i = 0; i < block; ++i) {
