@@ -2,7 +2,7 @@
 download) with sequential calibration: one subprocess per method, peak RSS from
 resource.getrusage (ru_maxrss). Prints a markdown table.
 
-    python scripts/llm_prune_memory.py                  # every method (about 15 minutes on 2 cores)
+    python scripts/llm_prune_memory.py                  # every method (59 minutes on 2 busy cores in README's run)
     python scripts/llm_prune_memory.py --method model   # one
 """
 import sys
