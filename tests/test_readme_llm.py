@@ -33,12 +33,12 @@ class ByteTokenizer:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
 
-def tiny_llama(name, torch_dtype=torch.float32):
+def tiny_llama(name, dtype=torch.float32):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                       bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    return transformers.LlamaForCausalLM(config).to(torch_dtype)
+    return transformers.LlamaForCausalLM(config).to(dtype)
 
 
 def test_readme_llm_block_runs(tmp_path, monkeypatch, capsys):
