@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..formats import PACKED_FORMATS
-from .bench import SHAPES, Case, candidates
+from .bench import SHAPES, Case, candidates, shape_dims
 from .timing import time_interleaved
 
 # (shape, batch) -> {sparsity: speedup over dense}
@@ -86,7 +86,7 @@ def _parse(argv: List[str]) -> argparse.Namespace:
     if not args.json:  # now, not as a torch allocation traceback in the middle of the timing
         memory = _physical_memory()
         for name in args.shapes:
-            out_features, in_features = args.custom_shapes.get(name) or SHAPES[name]
+            out_features, in_features = shape_dims(name)
             needed = 4 * (out_features * in_features + max(args.batches) * (in_features + out_features))
             if memory and needed > memory:
                 p.error(f"{name} at batch {max(args.batches)}: its float32 weights, input and output alone take "
