@@ -97,8 +97,9 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     """Replaces the selected nn.Linear layers of `model` by SparseLinear, in place; returns the model.
 
     format: a packed format ('csr', '2:4', ...), 'dense', or 'auto': per layer, the packed
-        format that measured fastest and faster than dense on this machine at every size in
-        `batch_sizes` (only formats that can hold the layer's mask; `summary` says why).
+        format that measured fastest against dense on this machine over the sizes in
+        `batch_sizes`, if it won by 10% over them together and lost at none (planner.pick_format;
+        only formats that can hold the layer's mask; `summary` says why).
         With an explicit packed format (or one a plan pins), a layer whose mask cannot take it
         raises a ValueError naming the layer, before any layer is replaced.
     include / exclude: which layers, by the selectors sparsekern.prune takes (a glob on the
