@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._select import check_arguments
+
 
 def is_conv1d(module: nn.Module) -> bool:
     weight = getattr(module, "weight_orig", getattr(module, "weight", None))
@@ -20,6 +22,7 @@ def is_conv1d(module: nn.Module) -> bool:
 def with_conv1d(model: nn.Module, types: tuple[type, ...]) -> tuple[type, ...]:
     """``types`` plus the Conv1D classes found in ``model`` when ``types`` covers
     nn.Linear: a method that takes every linear layer takes GPT-2's too."""
+    types = check_arguments(model, None, None, types)
     if nn.Linear not in types:
         return types
     found = {type(m) for m in model.modules() if is_conv1d(m)}

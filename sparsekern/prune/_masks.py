@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -35,16 +36,21 @@ MAX_LAYER_SPARSITY = 0.99
 
 # --------------------------------------------------------------------------- checks
 
+def _is_real(value) -> bool:
+    """A real number: int, float, or NumPy's (np.float32 is no float subclass); not bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_fraction(value, name: str = "sparsity") -> float:
     """Return ``value`` as a float in [0, 1), else raise ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if not _is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} = {value!r}, expected a number in [0, 1)")
     return float(value)
 
 
 def check_cap(value, name: str = "max_layer_sparsity") -> float:
     """Return ``value`` as a float in (0, 1] (1 means no cap), else raise ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+    if not _is_real(value) or not 0.0 < value <= 1.0:
         raise ValueError(f"{name} = {value!r}, expected a number in (0, 1]")
     return float(value)
 
@@ -106,6 +112,46 @@ def _enroll(module: nn.Module, args) -> None:
     _MASKED.add(module)
 
 
+def _after_load(module: nn.Module, incompatible_keys) -> None:
+    """Load-state-dict post-hook: ``load_state_dict`` copies into ``weight_orig`` and
+    ``weight_mask`` in place, so ``weight`` (what nn.MultiheadAttention and the fused
+    encoder path read without calling the module) still held the old values."""
+    if is_masked(module):
+        _refresh(module)
+
+
+def _attention_pre_hook(attention: nn.MultiheadAttention, args) -> None:
+    """Forward pre-hook on nn.MultiheadAttention: it passes ``out_proj.weight`` to
+    F.multi_head_attention_forward without calling out_proj, so torch's pre-hook never
+    recomputes it; ``_refresh`` stores it without autograd, and out_proj never trained.
+    Recompute it here, under the caller's grad mode, as torch's hook does."""
+    out_proj = attention.out_proj
+    if is_masked(out_proj):
+        out_proj.weight = out_proj.weight_orig * out_proj.weight_mask
+
+
+def follow_attention(model: nn.Module) -> None:
+    """Give every nn.MultiheadAttention in ``model`` the hook above (once; it does
+    nothing until its out_proj is masked). Every pruning method calls it (``prunable``)."""
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention) \
+                and _attention_pre_hook not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_attention_pre_hook)
+
+
+def _keep_order(module: nn.Module, old: str, new: str, order: list[str]) -> None:
+    """Put parameter ``new`` where ``old`` was in ``order`` (the names before torch's
+    prune re-registered the weight last): model.parameters() then lists the same tensors
+    in the same order before and after pruning, so an optimizer's state_dict saved with
+    one order loads into an optimizer built with the other (a checkpoint resumed)."""
+    params = module._parameters
+    names = [new if name == old else name for name in order]
+    names += [name for name in params if name not in names]
+    items = [(name, params[name]) for name in names if name in params]
+    params.clear()
+    params.update(items)
+
+
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
     for module in list(_MASKED):
         if is_masked(module):
@@ -130,13 +176,17 @@ def apply_mask(module: nn.Module, mask: torch.Tensor, name: str | None = None) -
         with torch.no_grad():
             module.weight_mask.mul_(mask)
     else:
+        order = list(module._parameters)
         torch_prune.custom_from_mask(module, "weight", mask)
+        _keep_order(module, "weight", "weight_orig", order)
     if not was_empty and not bool(module.weight_mask.any()):
         _warn_emptied(module, name)
     _refresh(module)
     _MASKED.add(module)
     if _enroll not in module._forward_pre_hooks.values():
         module.register_forward_pre_hook(_enroll)
+    if _after_load not in module._load_state_dict_post_hooks.values():
+        module.register_load_state_dict_post_hook(_after_load)
     if _hook_handle is None:
         _hook_handle = register_optimizer_step_post_hook(_after_optimizer_step)
 
@@ -155,11 +205,14 @@ def unmask(module: nn.Module) -> torch.Tensor | None:
         return None
     _refresh(module)
     mask = module.weight_mask.detach().clone()
+    order = list(module._parameters)
     torch_prune.remove(module, "weight")
+    _keep_order(module, "weight_orig", "weight", order)
     _MASKED.discard(module)
-    for key, hook in list(module._forward_pre_hooks.items()):
-        if hook is _enroll:
-            del module._forward_pre_hooks[key]
+    for hooks, ours in ((module._forward_pre_hooks, _enroll), (module._load_state_dict_post_hooks, _after_load)):
+        for key, hook in list(hooks.items()):
+            if hook is ours:
+                del hooks[key]
     return mask
 
 

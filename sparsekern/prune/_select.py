@@ -22,6 +22,27 @@ WEIGHT_NAMES = ("weight", "weight_orig", "parametrizations.weight.original")
 _NOT_LINEAR = (nn.Linear, nn.Embedding, nn.EmbeddingBag)
 
 
+def check_arguments(model, include: Selector, exclude: Selector, types) -> tuple[type, ...]:
+    """Raise TypeError naming the argument when ``model``, ``include``/``exclude`` or
+    ``types`` has the wrong type (torch's own errors name none of them), and return
+    ``types`` as a tuple (a single class is accepted)."""
+    if not isinstance(model, nn.Module):
+        hint = " (a state_dict? load it into the model first)" if isinstance(model, dict) else ""
+        raise TypeError(f"model is of type {type(model).__name__}{hint}: expected a torch.nn.Module")
+    for name, selector in (("include", include), ("exclude", exclude)):
+        # A list, not any iterable: a generator would be used up by the first module it is matched against.
+        ok = selector is None or isinstance(selector, str) or callable(selector) or (
+            isinstance(selector, (list, tuple, set, frozenset)) and all(isinstance(p, str) for p in selector))
+        if not ok:
+            raise TypeError(f"{name} = {selector!r}: expected a glob on module names, a list of globs, "
+                            "or a predicate f(name, module)")
+    if isinstance(types, type):
+        types = (types,)
+    if not isinstance(types, tuple) or not types or not all(isinstance(t, type) for t in types):
+        raise TypeError(f"types = {types!r}: expected a tuple of module classes, e.g. (nn.Linear, nn.Conv2d)")
+    return types
+
+
 def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     if callable(selector):
         return bool(selector(name, module))
@@ -91,17 +112,25 @@ def _kinds(types: tuple[type, ...]) -> str:
     return ", ".join(t.__name__ for t in types)
 
 
-def _nothing_selected(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...],
-                      notes: list[str]) -> ValueError:
+def _packed_note(model: nn.Module, include: Selector, exclude: Selector) -> str | None:
+    """A note naming the SparseLinear layers that pass include/exclude (no method prunes
+    packed layers), or None when there are none."""
     from ..sparse_linear import SparseLinear  # here: sparse_linear is imported after prune
 
+    packed = [name for name, module in model.named_modules()
+              if isinstance(module, SparseLinear) and wanted(name, module, include, exclude)]
+    if not packed:
+        return None
+    return (f"its {len(packed)} SparseLinear layer(s) are already packed: prune before sparsekern.sparsify "
+            f"(layer.to_dense() gives an nn.Linear back; first: {packed[0]!r})")
+
+
+def _nothing_selected(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...],
+                      notes: list[str]) -> ValueError:
     message = (f"no prunable module ({_kinds(types)}) in {type(model).__name__} with "
                f"include={include!r}, exclude={exclude!r}")
-    packed = sum(isinstance(m, SparseLinear) for m in model.modules())
-    if packed:
-        notes = [*notes, f"its {packed} SparseLinear layer(s) are already packed: prune before sparsekern.sparsify "
-                         "(layer.to_dense() gives an nn.Linear back)"]
-    return ValueError("; ".join([message, *notes]))
+    packed = _packed_note(model, include, exclude)
+    return ValueError("; ".join([message, *notes, *([packed] if packed else [])]))
 
 
 def check_materialized(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> None:
@@ -125,6 +154,7 @@ def select(model: nn.Module, include: Selector = None, exclude: Selector = None,
     ``include`` (default: all) and not ``exclude``: what reports and penalties cover.
     Raises ValueError when nothing is left, since pruning nothing is always a mistake,
     and when a selected module is on the meta device."""
+    types = check_arguments(model, include, exclude, types)
     chosen = [(name, module) for name, module in model.named_modules()
               if isinstance(module, types) and wanted(name, module, include, exclude)]
     if not chosen:
@@ -142,6 +172,7 @@ def prunable(model: nn.Module, include: Selector = None, exclude: Selector = Non
     linear-like modules of other types (transformers' Conv1D for the methods that
     take nn.Linear only), so nothing is skipped
     silently; raises ValueError, saying why, when nothing is left."""
+    types = check_arguments(model, include, exclude, types)
     lookalikes = lookalike_note(model, include, exclude, types)
     notes = [lookalikes] if lookalikes else []
     tied = {} if prune_tied else tied_weights(model)
@@ -157,7 +188,13 @@ def prunable(model: nn.Module, include: Selector = None, exclude: Selector = Non
             kept.append((name, module))
     if not kept:
         raise _nothing_selected(model, include, exclude, types, notes)
+    packed = _packed_note(model, include, exclude)
+    if packed:  # some layers pruned, the packed ones not: the sparsity asked for is not the model's
+        notes.append(f"{type(model).__name__}: {packed}; they are not pruned")
     check_materialized(model, kept)
     for note in notes:
         warnings.warn(note, stacklevel=3)  # the caller of the pruning method
+    from ._masks import follow_attention  # here: _masks imports this module
+
+    follow_attention(model)  # before any mask: MultiheadAttention reads out_proj.weight itself
     return kept

@@ -5,6 +5,7 @@ are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -59,14 +60,24 @@ def sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float],
     if not values or sorted(set(values)) != values:
         raise ValueError(f"sparsities = {list(sparsities)!r}, expected a non-empty increasing list")
     modules = prunable(model, include, exclude, types, prune_tied)
-    table = SensitivityTable(values, float(eval_fn(model)), {name: [] for name, _ in modules},
+    table = SensitivityTable(values, _metric(eval_fn, model, "the unpruned model"), {name: [] for name, _ in modules},
                              {name: module.weight.numel() for name, module in modules}, higher_is_better)
     trials = [(name, module, s) for name, module in modules for s in values]
     for name, module, s in progress(trials, "sensitivity"):
         with restoring(module):
             magnitude(module, s, scope="layer", types=types)
-            table.metric[name].append(float(eval_fn(model)))
+            table.metric[name].append(_metric(eval_fn, model, f"{name} at sparsity {s}"))
     return table
+
+
+def _metric(eval_fn: Callable[[nn.Module], float], model: nn.Module, what: str) -> float:
+    """``eval_fn(model)`` as a float; a NaN or infinity would rank as "no loss" (every
+    comparison with NaN is False), so ``allocate`` would prune that layer most."""
+    value = float(eval_fn(model))
+    if not math.isfinite(value):
+        raise ValueError(f"eval_fn returned {value} for {what}: it must return a finite number "
+                         "(a diverged loss? evaluate in float32, or on more data)")
+    return value
 
 
 def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
