@@ -40,6 +40,14 @@ class _KernelHandle(NamedTuple):
 
 
 _VERSION = attrgetter("_version")  # a tensor's in-place update counter
+# The packed buffers' unsigned index dtypes, and the signed dtypes of their widths.
+_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32}
+
+
+def _signed(t: torch.Tensor) -> torch.Tensor:
+    """t's bytes as its signed twin dtype (SparseLinear.__getstate__): a view in shared memory, else a copy."""
+    view = t.view(_SIGNED_TWIN[t.dtype])
+    return view if t.is_shared() else view.clone()
 
 
 class SparseLinear(nn.Module):
@@ -313,6 +321,8 @@ class SparseLinear(nn.Module):
                 weight = weight.to(x.dtype)
                 bias = None if bias is None else bias.to(x.dtype)
             return F.linear(x, weight, bias)
+        if torch._C._is_any_autocast_enabled():  # one flag read: the per-call path stays cheap
+            x = autocast_input(x)
         try:
             if self._use_eager_kernel(x):
                 # The fast path: one compiled call on the cached kernel, after the checks that depend
@@ -348,7 +358,23 @@ class SparseLinear(nn.Module):
         # The kernel handle holds raw addresses: a copy or a pickle rebuilds its own.
         state = self.__dict__.copy()
         state["_handle"] = None
+        # Plain pickle (cloudpickle, joblib) writes a tensor's storage in torch's legacy
+        # format, which has no uint16 or uint32 storages: CSR's col_idx and bitmap's bits
+        # pickled, then failed to unpickle (torch 2.13). The same bytes as a signed dtype pickle
+        # everywhere; __setstate__ views them back. A copy, since torch.save refuses one storage
+        # seen as two dtypes (a model saved beside its own state_dict), except in shared memory
+        # (share_memory()), which a view keeps sharing with the processes it is sent to.
+        unsigned = {name: t.dtype for name, t in self._buffers.items() if t is not None and t.dtype in _SIGNED_TWIN}
+        if unsigned:
+            state["_buffers"] = {name: _signed(t) if name in unsigned else t for name, t in self._buffers.items()}
+            state["_unsigned_buffers"] = unsigned
         return state
+
+    def __setstate__(self, state):
+        unsigned = state.pop("_unsigned_buffers", {})
+        super().__setstate__(state)
+        for name, dtype in unsigned.items():
+            self._buffers[name] = self._buffers[name].view(dtype)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -386,6 +412,17 @@ class SparseLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
         if self.format == "dense" and prefix + "weight" in state_dict:
             self.keep_mask = state_dict[prefix + "weight"].to(self.keep_mask.device) != 0
+
+
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x as torch.autocast casts nn.Linear's input: to the autocast dtype of x's device type
+    where autocast is on there (float64 stays). The packed weights and the bias stay as stored
+    (the kernels read bf16 activations beside float32 or bf16 values, and accumulate in
+    float32), and the result comes back in x's new dtype, as nn.Linear's would."""
+    device_type = x.device.type
+    if not (x.is_floating_point() and x.dtype != torch.float64 and torch.is_autocast_enabled(device_type)):
+        return x
+    return x.to(torch.get_autocast_dtype(device_type))
 
 
 def refresh(module: nn.Module) -> None:

@@ -170,7 +170,8 @@ def linear_torch(x: torch.Tensor, csr: CsrTensors, bias: Optional[torch.Tensor],
     float64, else float32, and returns x.dtype."""
     dtype = compute_dtype(x, csr.values, bias)
     x2 = x.reshape(-1, in_features).to(dtype)
-    y = torch.sparse.mm(_as_torch_csr(csr, in_features, dtype), x2.t()).t()
+    # Row-major, as the kernels' output and the ops' fake (torch.compile checks the strides).
+    y = torch.sparse.mm(_as_torch_csr(csr, in_features, dtype), x2.t()).t().contiguous()
     if bias is not None:
         y = y + bias.to(dtype)
     return y.to(x.dtype).reshape(*x.shape[:-1], out_features)
