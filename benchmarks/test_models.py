@@ -139,3 +139,21 @@ def test_llama_mlp_bf16_24(batch, request):
     key = f"llama-mlp-2:4-b{batch}"
     record("model", key, ratios, {"dense": BF16_MLP_TARGETS.get(key, 0)}, request.config,
            f"(dense bf16 {times['dense'] * 1e3:.2f} ms, ISA {sk.cpu_isa()})")
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_llama_mlp_fp32_under_bf16_autocast(batch, request):
+    """The same block kept in float32 and run under torch.autocast(bfloat16), as many fp32
+    models are: autocast casts nn.Linear's weights to bf16 on every call; packed layers read a
+    bf16 copy of their values, made once. Reported, no target."""
+    if bench_mode(request.config) == "quick":
+        pytest.skip("--quick leaves out the autocast block")
+    torch.manual_seed(0)
+    dense = LlamaMLP().eval()
+    sk.prune.finalize(sk.prune.nm(dense, n=2, m=4))
+    sparse = copy.deepcopy(dense)
+    sk.sparsify(sparse, format="2:4", progress=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ratios, times = speedups(dense, sparse, torch.randn(batch, 4096))
+    record("model", f"llama-mlp-2:4-fp32-autocast-b{batch}", ratios, {}, request.config,
+           f"(dense under autocast {times['dense'] * 1e3:.2f} ms)")

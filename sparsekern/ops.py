@@ -119,7 +119,7 @@ def version_of(t: Tensor) -> int:
 # Whether kernel objects that live across calls (a layer's, the op path's) may build layouts
 # derived from their buffers for the calls that gain from them: 2:4's rows in lanes and CSR's
 # column chunks, about 1 byte per kept weight beside the canonical buffers (SparseLinear.
-# derived_bytes). On unless SPARSEKERN_DERIVED_LAYOUTS=0 (or off / false / no); part of every
+# derived_bytes; a layer under bf16 autocast also keeps a bf16 copy of float32 values). On unless SPARSEKERN_DERIVED_LAYOUTS=0 (or off / false / no); part of every
 # cached kernel's key, so that set_derived_layouts reaches kernels built before it.
 LAYOUTS_ENV = "SPARSEKERN_DERIVED_LAYOUTS"
 derived_layouts_on = env_flag(LAYOUTS_ENV)

@@ -91,6 +91,8 @@ class SparseLinear(nn.Module):
         self.tile_choice: Optional[dict] = None
         self.tuning_note = ""
         self._handle: Optional[_KernelHandle] = None
+        # The kernel over a bf16 copy of float32 values, for calls under bf16 autocast.
+        self._autocast_handle: Optional[_KernelHandle] = None
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None, format: str = "csr",
@@ -177,7 +179,7 @@ class SparseLinear(nn.Module):
             act_dtype = torch.float32  # float16 activations are widened to float32 before the kernels
         self.tile_choice, self.tuning_note = planner.choose_tiles(
             self.format, packed, self.in_features, self.out_features, self.sparsity, batch_sizes, act_dtype)
-        self._handle = None  # the next call builds its kernel with the choice
+        self._handle = self._autocast_handle = None  # the next call builds its kernel with the choice
 
     def _set_packed(self, tensors: tuple) -> None:
         """Installs a packed format's tensors: 'values' as a Parameter, the rest as buffers."""
@@ -244,9 +246,16 @@ class SparseLinear(nn.Module):
         """Bytes of the in-memory layouts of the weights this layer's kernel has built for the
         calls that gain from them (2:4's rows side by side, CSR's column chunks), beside
         weight_bytes: 0 until such a call, and again after the kernel is rebuilt; always 0 while
-        sparsekern.set_derived_layouts(False) holds. Never saved."""
-        handle = self._handle
-        return int(handle.kernel.derived_bytes()) if handle is not None else 0
+        sparsekern.set_derived_layouts(False) holds. Never saved. Includes the bf16 copy of
+        float32 values that calls under bf16 autocast read, with that kernel's own layouts."""
+        total = 0
+        for handle in (self._handle, self._autocast_handle):
+            if handle is not None:
+                total += int(handle.kernel.derived_bytes())
+        if self._autocast_handle is not None:
+            values = self._autocast_handle.tensors[PACKED_FORMATS[self.format].layout._fields.index("values")]
+            total += values.numel() * values.element_size()
+        return total
 
     def _use_eager_kernel(self, x: torch.Tensor) -> bool:
         # Skip the dispatcher only for plain CPU tensors, outside tracing, with no autograd
@@ -285,27 +294,35 @@ class SparseLinear(nn.Module):
             key.append(version(bias))
         return tuple(key)
 
-    def _kernel_handle(self) -> Optional[_KernelHandle]:
+    def _kernel_handle(self, bf16_values: bool = False) -> Optional[_KernelHandle]:
         """The compiled kernel over this layer's tensors (checked when built, not per call),
         rebuilt whenever _handle_key changes; None when the kernels do not take the stored
-        dtypes or device."""
+        dtypes or device. bf16_values: the kernel over a bf16 copy of the values instead
+        (calls under bf16 autocast, which rounds nn.Linear's weights to bf16 the same way)."""
         key = self._handle_key()
-        handle = self._handle
+        handle = self._autocast_handle if bf16_values else self._handle
         if handle is not None and handle.key == key:
             return handle
+        if not ops.derived_layouts_on:
+            self._autocast_handle = None  # a layout derived from the values: dropped with the others
         fmt = PACKED_FORMATS[self.format]
         packed = fmt.layout(*self._packed_tensors())
-        if not (packed.values.is_cpu and packed.values.dtype in KERNEL_VALUE_TYPES and
-                all(t.is_contiguous() for t in packed)):
-            self._handle = None
-            return None
-        fmt.check_tensors(packed, self.in_features, self.out_features)
-        kernel = fmt.kernel(packed, self.in_features, self.out_features)
-        ops.keep_layouts(kernel)  # lives until the key changes, so it may keep derived layouts
-        ops.watch_optimizer_steps()
-        planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
-        self._handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]), tuple(packed))
-        return self._handle
+        handle = None
+        if packed.values.is_cpu and packed.values.dtype in KERNEL_VALUE_TYPES and \
+                all(t.is_contiguous() for t in packed):
+            fmt.check_tensors(packed, self.in_features, self.out_features)
+            if bf16_values:
+                packed = packed._replace(values=packed.values.detach().to(torch.bfloat16))
+            kernel = fmt.kernel(packed, self.in_features, self.out_features)
+            ops.keep_layouts(kernel)  # lives until the key changes, so it may keep derived layouts
+            ops.watch_optimizer_steps()
+            planner.apply_tiles(kernel, getattr(self, "tile_choice", None))
+            handle = _KernelHandle(key, kernel, ops.kernel_bias(self._parameters["bias"]), tuple(packed))
+        if bf16_values:
+            self._autocast_handle = handle
+        else:
+            self._handle = handle
+        return handle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.format == "dense":
@@ -321,13 +338,20 @@ class SparseLinear(nn.Module):
                 weight = weight.to(x.dtype)
                 bias = None if bias is None else bias.to(x.dtype)
             return F.linear(x, weight, bias)
-        if torch._C._is_any_autocast_enabled():  # one flag read: the per-call path stays cheap
-            x = autocast_input(x)
         try:
+            bf16_values = False
+            if torch._C._is_any_autocast_enabled():  # one flag read: the per-call path stays cheap
+                x = autocast_input(x)
+                # Float32 values beside bf16 x would run the float32 kernels on widened x (0.62x
+                # of dense under autocast at batch 64, Llama MLP, Zen 4); a bf16 copy of the
+                # values runs the native bf16 ones, as nn.Linear's weights are cast under
+                # autocast. A derived layout: in memory only, off with set_derived_layouts(False).
+                bf16_values = x.dtype is torch.bfloat16 and ops.derived_layouts_on and \
+                    self._parameters["values"].dtype is torch.float32
             if self._use_eager_kernel(x):
                 # The fast path: one compiled call on the cached kernel, after the checks that depend
                 # on x alone (the layer's own tensors were checked when the kernel was built).
-                handle = self._kernel_handle()
+                handle = self._kernel_handle(bf16_values)
                 if handle is not None and x.ndim >= 1 and x.shape[-1] == self.in_features and \
                         x.dtype in ops.ACTIVATION_DTYPES:
                     return ops.run_kernel(self.format, handle.kernel, x, handle.bias, self.in_features,
@@ -357,7 +381,7 @@ class SparseLinear(nn.Module):
     def __getstate__(self):
         # The kernel handle holds raw addresses: a copy or a pickle rebuilds its own.
         state = self.__dict__.copy()
-        state["_handle"] = None
+        state["_handle"] = state["_autocast_handle"] = None
         # Plain pickle (cloudpickle, joblib) writes a tensor's storage in torch's legacy
         # format, which has no uint16 or uint32 storages: CSR's col_idx and bitmap's bits
         # pickled, then failed to unpickle (torch 2.13). The same bytes as a signed dtype pickle
@@ -372,6 +396,7 @@ class SparseLinear(nn.Module):
 
     def __setstate__(self, state):
         unsigned = state.pop("_unsigned_buffers", {})
+        state.setdefault("_autocast_handle", None)  # pickled before it existed
         super().__setstate__(state)
         for name, dtype in unsigned.items():
             self._buffers[name] = self._buffers[name].view(dtype)
@@ -437,7 +462,7 @@ def refresh(module: nn.Module) -> None:
         raise TypeError(f"refresh takes a module (a model or a SparseLinear), got {type(module).__name__}")
     for layer in module.modules():
         if isinstance(layer, SparseLinear):
-            layer._handle = None
+            layer._handle = layer._autocast_handle = None
             values = layer._parameters.get("values")
             if values is not None:  # a dense-format layer caches nothing
                 ops.forget_kernel(values)

@@ -74,6 +74,44 @@ def test_autocast_gradients_reach_the_input_and_the_values(format):
     assert_matches_reference(x.grad.bfloat16(), torch.ones(6, layer.out_features), weight.T)
 
 
+@pytest.mark.parametrize("format", FORMATS)
+def test_bf16_autocast_runs_a_bf16_copy_of_float32_values(format):
+    """Float32 values under bf16 autocast run the native bf16 kernels on a bf16 copy of the
+    values (as autocast casts nn.Linear's weights): the same output, bit for bit, as the layer
+    stored in bf16; the copy counts in derived_bytes and follows in-place updates."""
+    stored_fp32, stored_bf16 = layer_of(format), layer_of(format, value_dtype=torch.bfloat16)
+    with torch.no_grad():
+        for batch in (1, 5, 17, 64):
+            x = torch.randn(batch, stored_fp32.in_features)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = stored_fp32(x)
+            assert torch.equal(y, stored_bf16(x.bfloat16()))
+        copy_bytes = stored_fp32.values.numel() * 2
+        assert stored_fp32.derived_bytes >= copy_bytes
+        stored_fp32.values.mul_(-1)  # an in-place update the next call must see
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = stored_fp32(x)
+    assert_matches_reference(y, x.bfloat16(), *weights_of(stored_fp32))
+    sk.refresh(stored_fp32)
+    assert stored_fp32.derived_bytes == 0
+
+
+def test_bf16_autocast_without_derived_layouts_reads_the_float32_values():
+    layer = layer_of("csr")
+    x = torch.randn(17, layer.in_features)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)  # builds the bf16 copy
+    previous = sk.set_derived_layouts(False)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+            assert layer.derived_bytes == 0  # the copy dropped on the next call
+        with torch.no_grad():  # the float32 values beside bf16 x, as without autocast
+            assert torch.equal(y, layer(x.bfloat16()))
+    finally:
+        sk.set_derived_layouts(previous)
+
+
 def test_autocast_under_torch_compile():
     layer = layer_of("2:4", value_dtype=torch.bfloat16)
     compiled = torch.compile(layer, fullgraph=True)
