@@ -105,7 +105,8 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     include / exclude: which layers, by the selectors sparsekern.prune takes (a glob on the
         qualified name, a list of globs, or a predicate f(name, module)).
     batch_sizes: the batch sizes 'auto' times (a decode-only service: (1,)).
-    value_dtype: the dtype packed weights are stored in; None keeps each layer's weight dtype.
+    value_dtype: the dtype packed weights are stored in; None keeps each layer's weight dtype
+        (float16 on CPU: float32, which the kernels read; SparseLinear.from_dense).
         Layers made or kept dense keep their weight's dtype, in which 'auto' timed them.
     progress: show a progress bar (default: when writing to a terminal).
     plan: {layer name: format}, e.g. sk.summary(model).plan from an earlier run: pins the
