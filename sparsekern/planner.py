@@ -228,10 +228,11 @@ def choose_format(weight: torch.Tensor, mask: torch.Tensor, has_bias: bool, valu
                   batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES) -> Tuple[str, str]:
     """(format, why): the packed format that measured fastest against dense over the batch
     sizes in `batch_sizes` (pick_format), on this machine, with this layer's shape, sparsity
-    and dtypes; else 'dense'. Only formats that can hold the mask are candidates. Choices persist on disk (cache_path()), keyed by the machine (CPU name,
-    family and model, ISA, threads, or GPU), the kernels' build (kernels_build()), shape,
-    sparsity, dtypes, batch sizes and candidates, so the same layer gets the same choice on
-    the same machine with the same kernels."""
+    and dtypes; else 'dense'. Only formats that can hold the mask are candidates. Choices
+    persist on disk (cache_path()), keyed by the machine (CPU name, family and model, ISA,
+    threads, or GPU), the kernels' build (kernels_build()), shape, sparsity, dtypes, batch
+    sizes, candidates and CHOICE_RULE, so the same layer gets the same choice on the same
+    machine with the same kernels."""
     batch_sizes = check_batch_sizes(batch_sizes)
     out_features, in_features = weight.shape
     if weight.numel() == 0:
