@@ -102,8 +102,8 @@ class SparseLinear(nn.Module):
         torch.nn.utils.prune attached (`weight_mask`), else the weight's own zeros.
         value_dtype (e.g. torch.bfloat16) stores packed weights in another dtype than the bias;
         None keeps the weight's, except float16 on CPU, stored as float32 (exactly: the CPU
-        kernels read float32 and bf16 values; see packed_value_dtype). A dense layer keeps the weight's dtype (format="dense" with
-        another value_dtype warns). format="auto" times the formats that can hold the mask
+        kernels read float32 and bf16 values; see packed_value_dtype). A dense layer keeps the
+        weight's dtype (format="dense" with another value_dtype warns). format="auto" times the formats that can hold the mask
         against dense at `batch_sizes` and keeps the fastest (dense unless one wins)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense takes an nn.Linear, got {type(linear).__name__}")
