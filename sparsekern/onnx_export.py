@@ -137,7 +137,8 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
                 output_names: Optional[Sequence[str]] = None) -> Dict[str, int]:
     """Writes `model` (on CPU, with SparseLinear layers) to the ONNX file `path`.
 
-    example_inputs: the positional inputs of model.forward, as for torch.export.
+    example_inputs: the positional inputs of model.forward, as for torch.export (a tuple; one
+    tensor is taken as the only input, as torch.onnx.export takes it).
     dynamic_shapes: as for torch.onnx.export. None (the default) makes dimension 0 of every
     tensor input the dynamic "batch", so the file runs at any batch size; pass e.g.
     ({0: "batch", 1: "sequence"},) for more dynamic dimensions, or ({},) for static shapes.
@@ -158,6 +159,8 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     except ImportError as e:
         raise ImportError(f'sparsekern.export_onnx needs the {e.name} package: pip install "sparsekern[onnx]"') from e
 
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)  # tuple() of a tensor would pass its rows as inputs
     if dynamic_shapes is None:
         dynamic_shapes = tuple({0: "batch"} if isinstance(t, torch.Tensor) and t.dim() > 0 else None
                                for t in example_inputs)

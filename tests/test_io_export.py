@@ -246,6 +246,22 @@ def test_onnx_export_of_a_bf16_model(tmp_path):
         torch.testing.assert_close(torch.from_numpy(y), model(x.bfloat16()).float(), rtol=2e-2, atol=2e-2)
 
 
+def test_onnx_export_of_a_float16_model_from_one_tensor(tmp_path):
+    # One tensor as example_inputs was split into its rows ("too many positional arguments");
+    # a float16 model packs float32 values (the CPU kernels' dtype) and exports as float16.
+    onnx_runtime()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    sk.prune.magnitude(model, sparsity=0.8, scope="layer")
+    model = sk.sparsify(model.half(), format="csr", progress=False)
+    x = torch.randn(3, 64, dtype=torch.float16)
+    path = tmp_path / "fp16.onnx"
+    sk.export_onnx(model, x, str(path))
+    _, (y,) = run_onnx(path, {"input": x})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=2e-3, atol=2e-3)
+
+
 def sparse_constants(path):
     """{initializer name: dense numpy array} of the file's sparse Constant nodes."""
     import onnx
