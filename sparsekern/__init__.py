@@ -13,6 +13,7 @@ from ._backend import cpu_isa, supported_cpu_isas
 from .io import inspect_file, load, save
 from .ops import set_derived_layouts
 from .sparse_linear import SparseLinear, refresh
+from .distributed import prepare_ddp
 from .sparsify import sparsify
 from .onnx_export import export_onnx  # imports onnx only when called
 from .summary import summary
@@ -21,4 +22,4 @@ __version__ = "0.1.0"
 
 __all__ = ["SparseLinear", "sparsify", "summary", "prune", "ops", "cpu_isa", "supported_cpu_isas",
            "save", "load", "inspect_file", "export_onnx", "eval", "set_derived_layouts",
-           "refresh"]
+           "refresh", "prepare_ddp"]

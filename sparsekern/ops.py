@@ -128,12 +128,17 @@ derived_layouts_on = env_flag(LAYOUTS_ENV)
 def set_derived_layouts(enabled: bool) -> bool:
     """Lets the kernels build their in-memory layouts of the weights (True, the default) or
     not (False: batched calls run slower, on the canonical buffers only, and use no memory
-    besides them). Layouts already built are dropped on each layer's next call. Returns the
-    previous setting."""
+    besides them). Layouts already built are dropped on each layer's next call, and those of
+    the op path's kernels (calls through torch's dispatcher) at once. Returns the previous
+    setting."""
     global derived_layouts_on
     if not isinstance(enabled, bool):
         raise TypeError(f"set_derived_layouts takes True or False, got {enabled!r}")
     previous, derived_layouts_on = derived_layouts_on, enabled
+    if not enabled:
+        # The op path's kernels go now: a layer called there once (with gradients, before
+        # serving under no_grad) is not called there again, and its kernel kept its layouts.
+        _op_kernels.clear()
     return previous
 
 
@@ -169,6 +174,12 @@ def watch_optimizer_steps() -> None:
 # keep layouts derived from them (2:4's rows-in-lanes copy for bf16 batches) instead of
 # rebuilding them per call. An entry goes with its tensor.
 _op_kernels = WeakIdKeyDictionary()
+
+
+def op_kernel_derived_bytes(values: Optional[Tensor]) -> int:
+    """Bytes of the derived layouts the op path's kernel for this values tensor holds (0 if none)."""
+    entry = None if values is None else _op_kernels.get(values)
+    return 0 if entry is None else int(entry[1].derived_bytes())
 
 
 def forget_kernel(values: Tensor) -> None:

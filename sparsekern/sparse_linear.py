@@ -249,8 +249,10 @@ class SparseLinear(nn.Module):
         calls that gain from them (2:4's rows side by side, CSR's column chunks), beside
         weight_bytes: 0 until such a call, and again after the kernel is rebuilt; always 0 while
         sparsekern.set_derived_layouts(False) holds. Never saved. Includes the bf16 copy of
-        float32 values that calls under bf16 autocast read, with that kernel's own layouts."""
-        total = 0
+        float32 values that calls under bf16 autocast read, with that kernel's own layouts, and
+        the layouts of the kernel that calls through torch's dispatcher (with gradients, or
+        compiled) keep for this layer's values."""
+        total = ops.op_kernel_derived_bytes(self._parameters.get("values"))
         for handle in (self._handle, self._autocast_handle):
             if handle is not None:
                 total += int(handle.kernel.derived_bytes())
@@ -307,6 +309,15 @@ class SparseLinear(nn.Module):
             return handle
         if not ops.derived_layouts_on:
             self._autocast_handle = None  # a layout derived from the values: dropped with the others
+        # The other handle goes too once its tensors have changed (a cast with .to(), a reload, a
+        # step): left alone, a float32 layer's bf16 copy for autocast calls outlived the cast to
+        # bf16 that made it useless, with its layouts (21 MB for two 2048 x 2048 CSR layers).
+        other = self._handle if bf16_values else self._autocast_handle
+        if other is not None and other.key != key:
+            if bf16_values:
+                self._handle = None
+            else:
+                self._autocast_handle = None
         fmt = PACKED_FORMATS[self.format]
         packed = fmt.layout(*self._packed_tensors())
         handle = None
