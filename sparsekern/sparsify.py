@@ -1,10 +1,13 @@
 """sparsify(model): every selected nn.Linear (and transformers Conv1D) of a model replaced by a
 SparseLinear, in place."""
 import warnings
+import weakref
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import planner, prune
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
@@ -155,6 +158,7 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
             layer.choice_note = "pinned by plan"
         for parent, attr, _ in target.places:
             setattr(parent, attr, layer)
+        _watch_replaced(target.module)
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
             # Layers that stay nn.Linear keep their pruned zeros, without the mask
@@ -202,3 +206,33 @@ def _keep_off_fused_encoder(module: nn.Module) -> None:
         module.use_nested_tensor = False
     elif _fused_encoder_off not in module._forward_pre_hooks.values():
         module.register_forward_pre_hook(_fused_encoder_off)
+
+
+# ---- optimizers built before sparsify ------------------------------------------------------------
+#
+# sparsify puts new Parameters in the model (packed values, a copied bias): an optimizer built
+# before it keeps stepping the replaced Linear's tensors, which nothing reads any more, so the
+# model silently stops training. A step of such an optimizer warns, once per optimizer.
+
+_replaced = WeakIdKeyDictionary()  # parameters of the layers sparsify replaced
+_warned = weakref.WeakSet()  # optimizers already warned
+_pre_step_hook = None
+
+
+def _watch_replaced(module: nn.Module) -> None:
+    global _pre_step_hook
+    for param in module.parameters(recurse=False):
+        _replaced[param] = True
+    if _pre_step_hook is None:
+        _pre_step_hook = register_optimizer_step_pre_hook(_warn_if_stale)
+
+
+def _warn_if_stale(optimizer, args, kwargs) -> None:
+    if not _replaced or optimizer in _warned:
+        return
+    if any(param in _replaced for group in optimizer.param_groups for param in group["params"]):
+        _warned.add(optimizer)
+        warnings.warn(f"{type(optimizer).__name__} steps parameters of layers that sparsekern.sparsify replaced "
+                      "(it packs new ones), so those layers no longer train: build the optimizer after sparsify, "
+                      "from model.parameters()", stacklevel=3)
+

@@ -2,6 +2,7 @@
 (clip_grad_norm_, EMA, lr schedulers, gradient accumulation, CPU bf16 autocast, AdamW weight
 decay, activation checkpointing, DDP on gloo, a hand-written LoRA adapter, init functions)."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -213,3 +214,21 @@ def test_init_fn_zero_grad_and_requires_grad_toggling(fmt):
         with torch.no_grad():
             dense = nn.Sequential(sparse[0].to_dense(), nn.ReLU(), sparse[2].to_dense())
             torch.testing.assert_close(sparse(x), dense(x))
+
+
+def test_an_optimizer_built_before_sparsify_warns_when_it_steps():
+    # It steps the replaced Linear's tensors, which nothing reads: the model silently stopped
+    # training. One warning per optimizer; one built after sparsify says nothing.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    sk.prune.magnitude(model, sparsity=0.5)
+    stale = torch.optim.SGD(model.parameters(), lr=0.1)
+    sk.sparsify(model, format="csr", progress=False)
+    model(torch.randn(2, 16)).sum().backward()
+    with pytest.warns(UserWarning, match="build the optimizer after sparsify"):
+        stale.step()
+    fresh = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stale.step()  # warned once already
+        fresh.step()
