@@ -307,17 +307,14 @@ class SparseLinear(nn.Module):
         handle = self._autocast_handle if bf16_values else self._handle
         if handle is not None and handle.key == key:
             return handle
-        if not ops.derived_layouts_on:
-            self._autocast_handle = None  # a layout derived from the values: dropped with the others
-        # The other handle goes too once its tensors have changed (a cast with .to(), a reload, a
-        # step): left alone, a float32 layer's bf16 copy for autocast calls outlived the cast to
-        # bf16 that made it useless, with its layouts (21 MB for two 2048 x 2048 CSR layers).
-        other = self._handle if bf16_values else self._autocast_handle
-        if other is not None and other.key != key:
-            if bf16_values:
-                self._handle = None
-            else:
-                self._autocast_handle = None
+        # Both handles go once their key no longer matches (a cast with .to(), a reload, a step,
+        # set_derived_layouts): left alone, the one this call does not use held on, e.g. a
+        # float32 layer's bf16 copy for autocast calls after a cast to bf16 made it useless,
+        # with its layouts (21 MB for two 2048 x 2048 CSR layers).
+        if self._handle is not None and self._handle.key != key:
+            self._handle = None
+        if self._autocast_handle is not None and self._autocast_handle.key != key:
+            self._autocast_handle = None
         fmt = PACKED_FORMATS[self.format]
         packed = fmt.layout(*self._packed_tensors())
         handle = None

@@ -36,21 +36,21 @@ MAX_LAYER_SPARSITY = 0.99
 
 # --------------------------------------------------------------------------- checks
 
-def _is_real(value) -> bool:
+def is_real(value) -> bool:
     """A real number: int, float, or NumPy's (np.float32 is no float subclass); not bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_fraction(value, name: str = "sparsity") -> float:
     """Return ``value`` as a float in [0, 1), else raise ValueError naming it."""
-    if not _is_real(value) or not 0.0 <= value < 1.0:
+    if not is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} = {value!r}, expected a number in [0, 1)")
     return float(value)
 
 
 def check_cap(value, name: str = "max_layer_sparsity") -> float:
     """Return ``value`` as a float in (0, 1] (1 means no cap), else raise ValueError naming it."""
-    if not _is_real(value) or not 0.0 < value <= 1.0:
+    if not is_real(value) or not 0.0 < value <= 1.0:
         raise ValueError(f"{name} = {value!r}, expected a number in (0, 1]")
     return float(value)
 

@@ -7,13 +7,12 @@ are, named in a warning; magnitude, random, nm, wanda and sparsegpt prune them.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._masks import REDUCTIONS, apply_mask, check_choice, unmask
+from ._masks import REDUCTIONS, apply_mask, check_choice, is_real, unmask
 from ._select import Selector, prunable
 
 # Hard-concrete stretch interval (gamma, zeta) and temperature beta, as in the paper.
@@ -69,7 +68,7 @@ def l0_gates(model: nn.Module, per: str = "weight", init_keep: float = 0.9, *, i
     Tied weights are skipped unless ``prune_tied`` (see ``magnitude``).
     """
     check_choice(per, ("weight", "neuron"), "per")
-    if isinstance(init_keep, bool) or not isinstance(init_keep, numbers.Real) or not 0.0 < init_keep < 1.0:
+    if not is_real(init_keep) or not 0.0 < init_keep < 1.0:
         raise ValueError(f"init_keep = {init_keep!r}, expected a number in (0, 1)")
     gates = []
     for name, module in prunable(model, include, exclude, types, prune_tied):
