@@ -4,17 +4,35 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#include <sstream>
+#include <cstdio>
 #include <string>
+#include <type_traits>
 
 namespace sparsekern::bindings {
 
-// Raises ValueError with the parts streamed together, so messages carry the actual values.
+// The parts of a message as text. No iostreams: torch's libraries export some of the
+// libstdc++ stream internals they were built with, and a module built by a newer g++ that
+// binds to those crashed on a Xeon host with torch 2.11 (an ifstream, in tile_params.cpp).
+inline void append_text(std::string& s, const std::string& part) { s += part; }
+inline void append_text(std::string& s, const char* part) { s += part; }
+inline void append_text(std::string& s, char part) { s += part; }
+template <typename T>
+std::enable_if_t<std::is_arithmetic_v<T>> append_text(std::string& s, T part) {
+  if constexpr (std::is_floating_point_v<T>) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%g", double(part));
+    s += text;
+  } else {
+    s += std::to_string(part);
+  }
+}
+
+// Raises ValueError with the parts joined, so messages carry the actual values.
 template <typename... Parts>
 [[noreturn]] void fail(const Parts&... parts) {
-  std::ostringstream message;
-  (message << ... << parts);
-  throw pybind11::value_error(message.str());
+  std::string message;
+  (append_text(message, parts), ...);
+  throw pybind11::value_error(message);
 }
 
 // A tensor's data_ptr() as passed from Python.

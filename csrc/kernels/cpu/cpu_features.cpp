@@ -4,9 +4,10 @@
 // (the ISA table holds strings), and it knows no AMX or AVX512-BF16 on older compilers.
 #include "cpu_features.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
-#include <sstream>
+#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
@@ -123,11 +124,14 @@ bool feature_known(const std::string& feature) {
 
 namespace {
 
+// isa_features' space-separated names, split by hand (no iostreams: see tile_params.cpp).
 bool has_all_features(Isa isa) {
-  std::istringstream names(isa_features(isa));
-  std::string feature;
-  while (names >> feature)
-    if (!cpu_has(feature)) return false;
+  const std::string names = isa_features(isa);
+  for (std::size_t begin = 0; begin < names.size();) {
+    const std::size_t end = std::min(names.find(' ', begin), names.size());
+    if (end > begin && !cpu_has(names.substr(begin, end - begin))) return false;
+    begin = end + 1;
+  }
   return true;
 }
 

@@ -3,7 +3,7 @@
 #include "tile_params.h"
 
 #include <algorithm>
-#include <fstream>
+#include <cstdio>
 #include <string>
 
 #include "cpu_features.h"
@@ -29,18 +29,26 @@ int64_t parse_size(const std::string& text) {
   return n > 0 ? n * scale : 0;
 }
 
+// The first word of a small text file, or "" when it cannot be read. C stdio, not
+// std::ifstream: with torch loaded, an ifstream here crashed (see python/checks.h).
+std::string first_word(const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "r");
+  if (!file) return "";
+  char word[64] = {};
+  const bool read = std::fscanf(file, "%63s", word) == 1;
+  std::fclose(file);
+  return read ? word : "";
+}
+
 // Fills what /sys says about cpu0's data caches; leaves the others 0.
 void read_sysfs(CacheSizes* c) {
   for (int i = 0; i < 16; ++i) {
     const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
-    std::ifstream level_file(dir + "level"), type_file(dir + "type"), size_file(dir + "size");
-    int level = 0;
-    std::string type, size;
-    if (!(level_file >> level) || !(type_file >> type) || !(size_file >> size)) continue;
-    const int64_t bytes = parse_size(size);
-    if (level == 1 && type == "Data") c->l1d = bytes;
-    else if (level == 2 && type == "Unified") c->l2 = bytes;
-    else if (level == 3 && type == "Unified") c->l3 = bytes;
+    const std::string level = first_word(dir + "level"), type = first_word(dir + "type");
+    const int64_t bytes = parse_size(first_word(dir + "size"));
+    if (level == "1" && type == "Data") c->l1d = bytes;
+    else if (level == "2" && type == "Unified") c->l2 = bytes;
+    else if (level == "3" && type == "Unified") c->l3 = bytes;
   }
 }
 
