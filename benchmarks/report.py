@@ -4,7 +4,6 @@ import torch
 
 import sparsekern as sk
 from sparsekern import _backend, planner
-from sparsekern.tools.bench import COLD_BYTES
 
 RESULTS = []  # dicts: case, group, ratios, target misses; printed at the end
 
@@ -19,6 +18,7 @@ def bench_mode(config) -> str:
 
 def machine_line() -> str:
     """The CPU model, its caches, the features that decide which kernels pay, threads, torch."""
+    from sparsekern.tools.bench import COLD_BYTES  # reads the caches: only when a CPU case ran
     caches = ", ".join(f"{level} {size >> 10} KiB" for level, size in planner.cache_sizes().items() if size)
     features = _backend.cpu_features()
     return (f"{planner.cpu_model()} ({caches}; AVX512-BF16 {'yes' if features['avx512_bf16'] else 'no'}, "
