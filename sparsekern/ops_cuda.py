@@ -7,7 +7,7 @@ this module only adds what runs for the "cuda" dispatch key:
     sparsekern::csr_linear   csr_spmm_cuda (csrc/kernels/cuda/csr_spmm.cu)
     sparsekern::nm24_linear  nm24_linear_cuda (csrc/kernels/cuda/nm24_linear.cu)
 
-Up to SPARSE_MAX_BATCH rows of x, a layer is bound by the bytes of W and sparsekern's
+Up to SPARSE_MAX_BATCH[format] rows of x, a layer is bound by the bytes of W and sparsekern's
 kernels run: float32, float16 or bfloat16 activations with values in any of the three (each
 pair has its own kernel; nothing is cast per call), float32 accumulation and bias add, y in
 x's dtype. Larger batches are bound by arithmetic, where tensor cores win: CSR is expanded to
@@ -37,13 +37,17 @@ _C = _backend._C
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _INDEX_NAMES = {torch.uint16: "uint16", torch.int32: "int32"}
 
-# Above this many rows of x, the dense/semi-structured tensor-core paths take over.
-SPARSE_MAX_BATCH = 16
+# Above this many rows of x, the dense/semi-structured tensor-core paths take over. Measured
+# on an H200 (fp16, 4096 x 4096 and 11008 x 4096, CUDA graphs; docs/benchmarks-gpu.md): the
+# CSR kernel at 90% took 12-40 us at batch 4-16 against 96 us for the per-call dense
+# expansion; the 2:4 kernel took 29-57 us at batch 4 against torch's semi-structured 34-40,
+# and 82-213 us at batch 16 against 31-36.
+SPARSE_MAX_BATCH = {"csr": 16, "2:4": 4}
 # Nonzeros per piece of a CSR row: one step of a warp (32 lanes x 2 chunks of
 # _C.cuda_csr_chunk nonzeros, csr_spmm.cu), so a long row is shared by several warps.
 CSR_PIECE = 32 * 2 * _C.cuda_csr_chunk
 # 2:4 rows are cut into pieces of at least this many columns (one step of a warp is 1024 or
-# 2048), and only as many as it takes to give every resident warp about two pieces.
+# 2048), and only where the layer has too few rows to keep half the resident warps busy.
 NM24_MIN_PIECE_COLUMNS = 1024
 
 
@@ -67,9 +71,10 @@ def csr_pieces(row_ptr: Tensor, piece: int = CSR_PIECE, chunk: int = _C.cuda_csr
 
 
 def nm24_pieces_per_row(rows: int, cols: int, resident_warps: int) -> int:
-    """Pieces per 2:4 row: about two per resident warp over the layer, each at least
-    NM24_MIN_PIECE_COLUMNS wide (so a narrow or tall layer keeps whole rows)."""
-    wanted = -(-2 * resident_warps // max(rows, 1))
+    """Pieces per 2:4 row: enough for half the resident warps, each piece at least
+    NM24_MIN_PIECE_COLUMNS wide. A row of several pieces costs a zeroed workspace (one more
+    kernel) and atomic adds, so a layer with rows for half the warps keeps whole rows."""
+    wanted = resident_warps // (2 * max(rows, 1))
     return max(1, min(wanted, cols // NM24_MIN_PIECE_COLUMNS))
 
 
@@ -158,7 +163,7 @@ def csr_linear_cuda(x: Tensor, row_ptr: Tensor, col_idx: Tensor, values: Tensor,
         return csr.linear_torch(x, tensors, bias, in_features, out_features)
     x2 = _rows_of_x(x, in_features)
     batch = x2.shape[0]
-    if batch > SPARSE_MAX_BATCH:
+    if batch > SPARSE_MAX_BATCH["csr"]:
         weight = csr_dense_weight(row_ptr, col_idx, values, in_features, x.dtype)
         return _output(F.linear(x2, weight, _dense_bias(bias, x)), x)
     pieces, max_row_pieces = _cached_csr_pieces(row_ptr)
@@ -208,7 +213,7 @@ def nm24_linear_cuda(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Ten
         return nm_format.linear_torch(x, tensors, bias, in_features, out_features)
     x2 = _rows_of_x(x, in_features)
     batch = x2.shape[0]
-    if batch > SPARSE_MAX_BATCH:
+    if batch > SPARSE_MAX_BATCH["2:4"]:
         weight = _semi_structured_weight(values, meta, in_features, out_features, x.dtype)
         if weight is None:
             weight = nm_format.unpack(nm_format.Nm24Tensors(values, meta), (out_features, in_features), x.dtype)

@@ -28,6 +28,8 @@ def gpu(test):
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 # (x dtype, values dtype): every pair of the kernels' three dtypes, and float64's fallbacks.
 DTYPE_PAIRS = [(x, v) for x in (F32, F16, BF16) for v in (F32, F16, BF16)] + [(F64, F64), (F16, F64)]
+# Test ids such as "x_float16-w_bfloat16" (pytest -k "x_float16 and w_bfloat16" picks a pair).
+PAIR_IDS = [f"x_{str(x).removeprefix('torch.')}-w_{str(v).removeprefix('torch.')}" for x, v in DTYPE_PAIRS]
 # (out, in, batch, density): batch 0, 1, each batch tile (1, 4, 8, 16) full and partial, the
 # largest kernel batch (16) and the smallest tensor-core one (17); 1x1, odd and prime sizes,
 # all-zero, fully dense, very sparse rows, rows longer than a piece, K > 65536 (int32).
@@ -117,9 +119,11 @@ def test_csr_pieces_of_no_rows_and_of_empty_rows():
 
 def test_nm24_pieces_per_row():
     warps = 132 * 64  # an H100 SXM / H200
-    assert ops_cuda.nm24_pieces_per_row(4096, 4096, warps) == 4  # a short layer: more pieces, every SM busy
-    assert ops_cuda.nm24_pieces_per_row(11008, 4096, warps) == 2
-    assert ops_cuda.nm24_pieces_per_row(4096, 11008, warps) == 5
+    assert ops_cuda.nm24_pieces_per_row(4096, 4096, warps) == 1  # rows for half the warps: whole rows
+    assert ops_cuda.nm24_pieces_per_row(11008, 4096, warps) == 1
+    assert ops_cuda.nm24_pieces_per_row(1024, 4096, warps) == 4  # a short layer: pieces, every SM busy
+    assert ops_cuda.nm24_pieces_per_row(1024, 11008, warps) == 4
+    assert ops_cuda.nm24_pieces_per_row(256, 11008, warps) == 10
     assert ops_cuda.nm24_pieces_per_row(1, 1000, warps) == 1  # narrower than a piece
     assert ops_cuda.nm24_pieces_per_row(100000, 4096, warps) == 1  # enough rows already
     assert ops_cuda.nm24_pieces_per_row(0, 4096, warps) == 4
@@ -138,7 +142,7 @@ def test_csr_dense_weight_is_the_stored_weight(in_features):
 
 @gpu
 @pytest.mark.parametrize("out_features, in_features, batch, density", CSR_SHAPES)
-@pytest.mark.parametrize("x_dtype, value_dtype", DTYPE_PAIRS)
+@pytest.mark.parametrize("x_dtype, value_dtype", DTYPE_PAIRS, ids=PAIR_IDS)
 def test_csr_matches_reference(out_features, in_features, batch, density, x_dtype, value_dtype):
     packed, stored = csr_case(out_features, in_features, density, value_dtype, seed=batch)
     assert packed.col_idx.dtype == csr.index_dtype(in_features)
@@ -150,8 +154,11 @@ def test_csr_matches_reference(out_features, in_features, batch, density, x_dtyp
 
 @gpu
 @pytest.mark.parametrize("out_features, in_features, batch", NM24_SHAPES)
-@pytest.mark.parametrize("x_dtype, value_dtype", DTYPE_PAIRS)
-def test_nm24_matches_reference(out_features, in_features, batch, x_dtype, value_dtype):
+@pytest.mark.parametrize("x_dtype, value_dtype", DTYPE_PAIRS, ids=PAIR_IDS)
+def test_nm24_matches_reference(out_features, in_features, batch, x_dtype, value_dtype, monkeypatch):
+    # The kernel at every batch tile (1, 4, 8, 16), though the op sends batches over
+    # SPARSE_MAX_BATCH["2:4"] to torch's semi-structured path; 17 and 33 go there still.
+    monkeypatch.setitem(ops_cuda.SPARSE_MAX_BATCH, "2:4", 16)
     packed, stored = nm24_case(out_features, in_features, value_dtype, seed=batch)
     x = _x(batch, in_features, x_dtype, seed=1)
     bias = _bias_for(batch, out_features, x_dtype)
@@ -179,7 +186,7 @@ def test_csr_one_nonzero_and_one_long_row(batch):
 def test_kernels_loop_over_batch_tiles(fmt, monkeypatch):
     # The kernels are correct for any batch (the op sends large ones to the tensor cores):
     # 40 rows are tiles of 16, 16 and 8, in rows cut into pieces.
-    monkeypatch.setattr(ops_cuda, "SPARSE_MAX_BATCH", 10 ** 9)
+    monkeypatch.setitem(ops_cuda.SPARSE_MAX_BATCH, fmt, 10 ** 9)
     packed, stored = csr_case(20, 4096, 0.5, BF16) if fmt == "csr" else nm24_case(20, 4096, BF16)
     op = torch.ops.sparsekern.csr_linear if fmt == "csr" else torch.ops.sparsekern.nm24_linear
     x = _x(40, 4096, F16, seed=4)
@@ -189,7 +196,7 @@ def test_kernels_loop_over_batch_tiles(fmt, monkeypatch):
 
 @gpu
 @pytest.mark.parametrize("fmt", ["csr", "2:4"])
-@pytest.mark.parametrize("batch", [1, 16, 17, 300])
+@pytest.mark.parametrize("batch", [1, 4, 5, 16, 17, 300])
 def test_large_batches_go_to_the_tensor_cores(fmt, batch, monkeypatch):
     kernel = "csr_spmm_cuda" if fmt == "csr" else "nm24_linear_cuda"
     launches = []
@@ -200,7 +207,7 @@ def test_large_batches_go_to_the_tensor_cores(fmt, batch, monkeypatch):
     x = _x(batch, 256, F16, seed=6)
     bias = _bias(128, F32, seed=7)
     _check(op(x, *packed, bias, 256, 128), x, stored, bias)
-    assert len(launches) == (1 if batch <= ops_cuda.SPARSE_MAX_BATCH else 0)
+    assert len(launches) == (1 if batch <= ops_cuda.SPARSE_MAX_BATCH[fmt] else 0)
 
 
 @gpu
@@ -239,16 +246,19 @@ def test_captured_in_a_cuda_graph(fmt):
 @pytest.mark.parametrize("fmt", ["csr", "2:4"])
 @pytest.mark.parametrize("batch", [1, 6])
 def test_3d_and_strided_inputs(fmt, batch):
-    packed, stored = csr_case(10, 48, 0.4, F16) if fmt == "csr" else nm24_case(10, 48, F16)
+    """3-d x, and row views whose start or row stride is not 16-byte aligned: 2:4's chunked
+    kernel then gathers x element by element instead of loading 16-byte vectors."""
+    packed, stored = csr_case(10, 64, 0.4, F16) if fmt == "csr" else nm24_case(10, 64, F16)
     op = torch.ops.sparsekern.csr_linear if fmt == "csr" else torch.ops.sparsekern.nm24_linear
     bias = _bias(10, F16, seed=6)
-    x3 = torch.randn(2, batch, 48, dtype=F16, device="cuda")
-    y = op(x3, *packed, bias, 48, 10)
+    x3 = torch.randn(2, batch, 64, dtype=F16, device="cuda")
+    y = op(x3, *packed, bias, 64, 10)
     assert y.shape == (2, batch, 10)
     _check(y, x3, stored, bias)
-    wide = torch.randn(batch, 96, dtype=F16, device="cuda")
-    for x in (wide[:, ::2], wide[:, 8:56], torch.randn(48, batch, dtype=F16, device="cuda").t()):
-        _check(op(x, *packed, bias, 48, 10), x, stored, bias)
+    wide = torch.randn(batch, 128, dtype=F16, device="cuda")
+    odd_stride = torch.randn(batch, 68, dtype=F16, device="cuda")[:, :64]
+    for x in (wide[:, ::2], wide[:, 8:72], wide[:, 1:65], odd_stride, torch.randn(64, batch, dtype=F16, device="cuda").t()):
+        _check(op(x, *packed, bias, 64, 10), x, stored, bias)
 
 
 @gpu
@@ -334,5 +344,7 @@ def test_sparse_linear_on_gpu(fmt, dtype):
     packed_grad = layer.packed()._replace(values=layer.values.grad)
     unpack = csr.unpack if fmt == "csr" else nm.unpack
     grad_w = unpack(packed_grad, (24, 64)).double()
-    pattern = (unpack(layer.packed()._replace(values=torch.ones_like(layer.values)), (24, 64)) != 0)
+    # The trained positions: CSR's stored entries; 2:4's nonzero slots (its zero slots are padding).
+    kept = torch.ones_like(layer.values) if fmt == "csr" else (layer.values != 0).to(layer.values.dtype)
+    pattern = unpack(layer.packed()._replace(values=kept), (24, 64)) != 0
     torch.testing.assert_close(grad_w, ref_w.grad * pattern, **tol)
