@@ -1,8 +1,8 @@
 """Where one CPU kernel variant starts to beat another: for each format and batch, the two
 variants' speed ratio, paired round by round on one layer (the timing of
 sparsekern.tools.timing), beside each variant's error against a float64 reference. Made for
-the switch points the planner hard-codes: kAmxFrom (the amx variant's tiles, 32 rows of x;
-planner.AMX_FROM) is set from reasoning, not measurement, and needs an Intel CPU with AMX:
+the switch points the planner hard-codes: each family's kAmxFrom (where the amx variant's
+tiles take over; planner.AMX_FROM), measured with this script on an Intel CPU with AMX:
 
     python scripts/isa_crossover.py                            # amx against avx512bf16 where the CPU has AMX
     python scripts/isa_crossover.py --isas avx512bf16 avx512   # anywhere: native bf16 against widened

@@ -77,10 +77,11 @@ NATIVE_BF16_FROM = {"2:4": 1, "csr": 2, "bitmap": 1}
 
 
 # Where the amx variant multiplies on tiles: 2:4 and bitmap with bf16 activations (and bf16
-# values) from this batch size (the C++ kAmxFrom, linear_args.h). Not yet measured on an AMX
-# CPU: 32 is where each decompressed B tile serves two A tiles of x. scripts/isa_crossover.py
-# measures it (amx against avx512bf16, batch by batch).
-AMX_FROM = {"2:4": 32, "bitmap": 32}
+# values) from this batch size (each family's kAmxFrom, nm24_linear.h / bitmap_linear.h), as
+# measured by scripts/isa_crossover.py on an Intel Xeon with AMX (family 6, model 207, 2
+# threads, 4096 x 4096): amx over avx512bf16 for 2:4 0.54x at batch 32, 0.87x at 64, 1.35x at
+# 128; for bitmap 50% 1.00x at 16, 2.08x at 32.
+AMX_FROM = {"2:4": 128, "bitmap": 32}
 
 
 def _tiles(format: str, bucket: int, act_dtype: torch.dtype) -> bool:

@@ -101,14 +101,15 @@ def test_planner_names_avx512bf16_only_where_it_reads_bf16(planner_on):
 
 
 def test_planner_names_amx_only_where_it_multiplies_on_tiles(planner_on):
-    """On an AMX CPU, 2:4 and bitmap with bf16 activations name amx from the bucket that holds
-    batch 32 (17-64); below that, and for CSR, the avx512bf16 naming holds; fp32 names avx512."""
+    """On an AMX CPU, bf16 activations name amx from the bucket that holds AMX_FROM: batch 128
+    (65-256) for 2:4, batch 32 (17-64) for bitmap; below that, and for CSR, the avx512bf16
+    naming holds; fp32 names avx512."""
     planner = planner_on("amx")
     names = sparsekern._backend.CPU_ISAS
-    for batch in (1, 2, 16, 17, 32, 256, 1000):
-        tiles = batch > 16
-        assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == ("amx" if tiles else "avx512bf16")
-        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("amx" if tiles else "avx512bf16")
+    for batch in (1, 2, 16, 17, 32, 64, 65, 128, 256, 1000):
+        nm24_tiles, bitmap_tiles = batch > 64, batch > 16
+        assert names[planner.kernel_isa("2:4", batch, torch.bfloat16)] == ("amx" if nm24_tiles else "avx512bf16")
+        assert names[planner.kernel_isa("bitmap", batch, torch.bfloat16)] == ("amx" if bitmap_tiles else "avx512bf16")
         assert names[planner.kernel_isa("csr", batch, torch.bfloat16)] == ("avx512" if batch == 1 else "avx512bf16")
         for fmt in ("2:4", "csr", "bitmap"):
             assert names[planner.kernel_isa(fmt, batch, torch.float32)] == "avx512"

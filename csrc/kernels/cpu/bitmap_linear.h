@@ -43,15 +43,19 @@ struct BitmapFamily {
   static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, bitmap_linear_bf16.h) when the values
   // are bf16 too, at every batch (kBf16From); every other case is widened by the dispatch.
-  // amx reads them there too: on tiles from kAmxFrom rows (amx_linear.h), below that with
+  // amx reads them there too: on tiles from kAmxFrom rows (below) (amx_linear.h), below that with
   // avx512bf16's code.
   static bool reads_bf16(Isa isa, const BitmapMatrix& w, int64_t batch) {
     return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16 && batch >= kBf16From;
   }
   // Whether a call of the amx variant multiplies on tiles.
   static bool runs_tiles(Isa isa, const BitmapMatrix& w, ActType act, int64_t batch) {
-    return runs_amx_tiles(isa, w.value_type, act, batch);
+    return runs_amx_tiles(isa, w.value_type, act, batch, kAmxFrom);
   }
+  // Batch from which amx's tiles beat avx512bf16's code: scripts/isa_crossover.py on an Intel
+  // Xeon (family 6, model 207, AMX-BF16), 2 threads, 4096 x 4096 bf16 at 50%, amx over
+  // avx512bf16: 1.00x at batch 16, 2.08x at 32, 2.27x at 64, 3.00x at 128.
+  static constexpr int64_t kAmxFrom = 32;
   // Native from batch 1: the direct path that first did batch 1-4 natively (one row of W and
   // up to 4 of x per pass) ran 1.4-1.8x faster than the fp32 direct path on widened x, and its
   // successor (bitmap_linear_bf16_grouped.h) is faster still from batch 2 (Zen 5, 4096 x 4096,

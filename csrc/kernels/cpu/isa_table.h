@@ -13,8 +13,8 @@
 // every format with bf16 values and activations reads bf16 natively there, 2:4 at every batch
 // and CSR and bitmap batched (the families' reads_bf16); the other dtypes run their avx512
 // code. amx adds Intel's tile registers (Sapphire Rapids on; the OS must grant them, see
-// cpu_features.cpp): 2:4 and bitmap with bf16 values and activations from a batch of
-// kAmxFrom (amx_linear.h); every other call is avx512bf16's. SPARSEKERN_CPU_ISA=avx512
+// cpu_features.cpp): 2:4 and bitmap with bf16 values and activations from each family's
+// kAmxFrom batch (amx_linear.h); every other call is avx512bf16's. SPARSEKERN_CPU_ISA=avx512
 // forbids both, =avx512bf16 forbids amx.
 // clang-format off
 #define SPARSEKERN_ISA_TABLE(X) \

@@ -17,16 +17,12 @@ enum class ValueType : int { f32 = 0, bf16 = 1 };
 // Activations and output (one dtype for both, as torch's linear returns x's dtype).
 enum class ActType : int { f32 = 0, bf16 = 1 };
 
-// Batch from which the amx variant multiplies on tiles (amx_linear.h), for the formats that
-// have that path (2:4 and bitmap, bf16 values and activations); below it amx runs the
-// avx512bf16 code. Not yet measured (no AMX machine so far): 32 is where each decompressed B
-// tile serves two A tiles. SparseLinear's planner names the same threshold (AMX_FROM);
-// scripts/isa_crossover.py measures where amx starts to beat avx512bf16.
-inline constexpr int64_t kAmxFrom = 32;
-
-// Whether a call of the amx variant multiplies on tiles (a family with that path asks this).
-inline bool runs_amx_tiles(Isa isa, ValueType values, ActType act, int64_t batch) {
-  return isa == Isa::amx && values == ValueType::bf16 && act == ActType::bf16 && batch >= kAmxFrom;
+// Whether a call of the amx variant multiplies on tiles (amx_linear.h): bf16 values and
+// activations, from the family's own batch threshold (its kAmxFrom, where amx measured faster
+// than avx512bf16); below it amx runs the avx512bf16 code. SparseLinear's planner names the
+// same thresholds (AMX_FROM); scripts/isa_crossover.py measures them.
+inline bool runs_amx_tiles(Isa isa, ValueType values, ActType act, int64_t batch, int64_t amx_from) {
+  return isa == Isa::amx && values == ValueType::bf16 && act == ActType::bf16 && batch >= amx_from;
 }
 
 // Dense activations and output.

@@ -43,14 +43,18 @@ struct Nm24Family {
   static int64_t workspace_floats(const Nm24Matrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, nm24_linear_bf16.h) when the values
   // are bf16 too; every other case is widened to float32 by the dispatch. amx reads them too:
-  // on tiles from kAmxFrom rows (amx_linear.h), below that with avx512bf16's code.
+  // on tiles from kAmxFrom rows (below) (amx_linear.h), below that with avx512bf16's code.
   static bool reads_bf16(Isa isa, const Nm24Matrix& w, int64_t /*batch: any*/) {
     return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16;
   }
   // Whether a call of the amx variant multiplies on tiles.
   static bool runs_tiles(Isa isa, const Nm24Matrix& w, ActType act, int64_t batch) {
-    return runs_amx_tiles(isa, w.value_type, act, batch);
+    return runs_amx_tiles(isa, w.value_type, act, batch, kAmxFrom);
   }
+  // Batch from which amx's tiles beat avx512bf16's code: scripts/isa_crossover.py on an Intel
+  // Xeon (family 6, model 207, AMX-BF16), 2 threads, 4096 x 4096 bf16, amx over avx512bf16:
+  // 0.99x at batch 16, 0.54x at 32, 0.87x at 64, 1.35x at 128. (32, the first guess, lost.)
+  static constexpr int64_t kAmxFrom = 128;
   // Whether a call would run the rows-in-lanes kernel (nm24_linear_bf16_lanes.h), given
   // Nm24Matrix::lanes: the owner of the matrix builds that copy when this first says so.
   static bool wants_lanes(Isa isa, const Nm24Matrix& w, ActType act, int64_t batch) {
