@@ -1,6 +1,9 @@
 """CPU ISA choice: picked from the CPU, capped by SPARSEKERN_CPU_ISA (above the CPU: its best, with a
 warning)."""
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -78,6 +81,20 @@ def test_compiled_module_checks_its_arguments():
         kernel.run(0, 1, 0, 2, 3, 0, 1, 1)
     with pytest.raises(ValueError, match="2:4 needs cols % 4 == 0"):
         c.nm24_linear(1, 6, 0, 0, 0)
+
+
+def test_compiled_module_uses_no_iostreams():
+    """_C must not call libstdc++'s stream classes: with torch 2.11 imported first, an ifstream
+    in _C segfaulted on an Intel Xeon host (a g++ 13 build binding to the stream internals
+    that torch's libraries export). Read from the module's undefined dynamic symbols."""
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("needs binutils' nm to list the module's symbols")
+    symbols = subprocess.run([nm, "-D", "--undefined-only", "-C", sparsekern._backend._C.__file__],
+                             check=True, capture_output=True, text=True).stdout
+    streams = [line.split(maxsplit=1)[-1] for line in symbols.splitlines()
+               if re.search(r"std::(basic_)?(i|o|if|of|io|istring|ostring|string)?stream\b|basic_filebuf", line)]
+    assert not streams, f"sparsekern._C calls iostreams: {streams[:5]}"
 
 
 def test_isa_table_reaches_python():
