@@ -1,5 +1,6 @@
 // bf16 products on tile registers (Intel AMX, tdpbf16ps) for 2:4 and bitmap with bf16 values
-// and activations, batches from the family's kAmxFrom: y = x @ W.T + bias, fp32 sums, y rounded to bf16.
+// and activations, batches from the family's kAmxFrom: y = x @ W.T + bias, fp32 sums, y
+// rounded to bf16.
 //
 // The tiles multiply dense blocks, so W is decompressed, 32 output rows by kChunkCols columns
 // at a time, into B tiles in the thread's workspace (64 KiB: L2), and each B tile then serves

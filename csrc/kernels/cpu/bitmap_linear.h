@@ -43,7 +43,7 @@ struct BitmapFamily {
   static int64_t workspace_floats(const BitmapMatrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, bitmap_linear_bf16.h) when the values
   // are bf16 too, at every batch (kBf16From); every other case is widened by the dispatch.
-  // amx reads them there too: on tiles from kAmxFrom rows (below) (amx_linear.h), below that with
+  // amx reads them there too: on tiles from kAmxFrom rows (below; amx_linear.h), below that with
   // avx512bf16's code.
   static bool reads_bf16(Isa isa, const BitmapMatrix& w, int64_t batch) {
     return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16 && batch >= kBf16From;

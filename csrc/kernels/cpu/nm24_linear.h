@@ -43,7 +43,7 @@ struct Nm24Family {
   static int64_t workspace_floats(const Nm24Matrix& w, int64_t batch, int num_threads);
   // avx512bf16 reads bf16 activations itself (vdpbf16ps, nm24_linear_bf16.h) when the values
   // are bf16 too; every other case is widened to float32 by the dispatch. amx reads them too:
-  // on tiles from kAmxFrom rows (below) (amx_linear.h), below that with avx512bf16's code.
+  // on tiles from kAmxFrom rows (below; amx_linear.h), below that with avx512bf16's code.
   static bool reads_bf16(Isa isa, const Nm24Matrix& w, int64_t /*batch: any*/) {
     return (isa == Isa::avx512bf16 || isa == Isa::amx) && w.value_type == ValueType::bf16;
   }
