@@ -393,7 +393,10 @@ class SparseLinear(nn.Module):
         # `fc2.weight`. A packed layer has no dense weight, so it answers with the dense
         # [out, in] weight it stores, as an inference tensor: a read-only copy, which an
         # in-place write (that could not reach the packed values) refuses outside
-        # torch.inference_mode().
+        # torch.inference_mode(). Compiled graphs cannot make inference tensors (inductor failed
+        # on T5): there, a detached copy, which the graph drops when only its dtype is read.
+        if torch.compiler.is_compiling():
+            return self.dense_weight().detach()
         with torch.inference_mode():
             return self.dense_weight()
 

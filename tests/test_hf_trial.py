@@ -89,3 +89,29 @@ def test_sequential_calibration_gives_each_block_its_own_arguments(build, stack,
         if hasattr(m, "weight_mask"):
             assert torch.equal(m.weight_mask, masks.pop(name)), name
     assert not masks
+
+
+class _T5FeedForwardOutput(torch.nn.Module):
+    """The end of T5's feed-forward: casts its input to wo.weight's dtype before wo."""
+
+    def __init__(self):
+        super().__init__()
+        self.wo = torch.nn.Linear(16, 8, bias=False)
+
+    def forward(self, x):
+        if isinstance(self.wo.weight, torch.Tensor) and x.dtype != self.wo.weight.dtype:
+            x = x.to(self.wo.weight.dtype)
+        return self.wo(x)
+
+
+def test_a_compiled_model_reading_a_packed_weight_runs():
+    # The eager answer, an inference tensor, failed inside the compiled graph ("Cannot set
+    # version_counter for inference tensor"), so torch.compile of a sparsified T5 failed.
+    model = _T5FeedForwardOutput()
+    prune.magnitude(model, 0.5)
+    masked = copy.deepcopy(model)
+    sk.sparsify(model, format="csr", progress=False)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        got = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+        torch.testing.assert_close(got, masked(x), rtol=1e-5, atol=1e-5)
