@@ -66,6 +66,16 @@ def test_packed_layer_weight_is_a_read_only_dense_copy():
         packed.weight.mul_(2)  # would not reach the packed values
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         packed.nothing
+    # Pruning a model holding it names it as packed, not also as a linear-like module (it has a
+    # 2-D `weight` now).
+    import warnings
+    model = torch.nn.Sequential(packed, torch.nn.Linear(8, 8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prune.magnitude(model, 0.5)
+    assert [str(w.message) for w in caught if "SparseLinear" in str(w.message)] == [
+        "Sequential: its 1 SparseLinear layer(s) are already packed: prune before sparsekern.sparsify "
+        "(layer.to_dense() gives an nn.Linear back; first: '0'); they are not pruned"]
 
 
 @pytest.mark.parametrize("build, stack, batch", [
