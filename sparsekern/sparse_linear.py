@@ -380,6 +380,26 @@ class SparseLinear(nn.Module):
                             "torch.nn.utils.prune, which cannot mask packed weights: prune the nn.Linear "
                             "before sparsekern.sparsify (layer.to_dense() gives one back)") from None
 
+    def __getattr__(self, name: str):
+        # Reached only when nn.Module's own lookup fails: never on the per-call path.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name != "weight" or self.__dict__.get("format") not in PACKED_FORMATS:
+                raise
+        # Models written for nn.Linear read `.weight` outside forward: T5's feed-forward checks
+        # `wo.weight.dtype` on every call (and crashed with "'SparseLinear' object has no
+        # attribute 'weight'"), Qwen2-VL takes its vision tower's dtype and device from
+        # `fc2.weight`. A packed layer has no dense weight, so it answers with the dense
+        # [out, in] weight it stores, as an inference tensor: a read-only copy, which an
+        # in-place write (that could not reach the packed values) refuses outside
+        # torch.inference_mode(). Compiled graphs cannot make inference tensors (inductor failed
+        # on T5): there, a detached copy, which the graph drops when only its dtype is read.
+        if torch.compiler.is_compiling():
+            return self.dense_weight().detach()
+        with torch.inference_mode():
+            return self.dense_weight()
+
     @property
     def value_dtype(self) -> torch.dtype:
         """The dtype the weights are stored in."""

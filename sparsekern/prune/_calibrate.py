@@ -5,8 +5,8 @@ pruning step.
 Two ways to run it:
 - all at once: one pass of the whole model over the batches, then every layer pruned;
 - sequentially (Wanda's and SparseGPT's own recipe for LLMs): the inputs of the first
-  block of the decoder stack are captured, then block by block the calibration inputs
-  run through that block alone, its layers are pruned, and the pruned block's outputs
+  block of the decoder stack, and every block's other arguments, are captured, then
+  block by block the calibration inputs run through that block alone, its layers are pruned, and the pruned block's outputs
   become the next block's inputs. Block i so sees what blocks 0..i-1 produce *after*
   they were pruned, and only one block's activations are held at a time.
 """
@@ -84,30 +84,53 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _capture_block_inputs(model: nn.Module, first: nn.Module, batches: Iterable, desc: str) -> list:
-    """[(args, kwargs)] the first block is called with, one per batch (the model stops there)."""
+def _capture_block_inputs(model: nn.Module, stack: nn.ModuleList, batches: Iterable, desc: str) -> list:
+    """Per batch, [(args, kwargs)] of each block's first call in one forward of the model (which
+    stops after the last block): block 0's in full, later blocks' with None where the hidden
+    states go, which calibration fills in with the outputs of the blocks before them as pruned.
+    Later blocks keep the other arguments the stack gave them: T5's blocks 1..n take the
+    relative position bias block 0 computed and returned (block 0's None made them compute
+    none), Gemma 2 and 3 give sliding-window and global layers different masks (Gemma 3 also
+    different rotary embeddings). A block the model did not call takes block 0's arguments."""
     captured = []
+    last = len(stack) - 1
 
-    def hook(module, args, kwargs):
-        if not args and "hidden_states" not in kwargs:
-            raise TypeError(f"{type(module).__name__} was called without a positional input or hidden_states=: "
-                            "cannot calibrate it block by block; pass sequential=False")
-        kwargs = {k: (None if k in _CACHE_KWARGS else (False if k == "use_cache" else v))
-                  for k, v in kwargs.items()}
-        captured.append((tuple(args), kwargs))
-        raise _Stop
+    def hook_for(i):
+        def hook(module, args, kwargs):
+            calls = captured[-1]
+            if calls[i] is not None:  # called twice in one forward: its first call counts
+                return
+            if not args and "hidden_states" not in kwargs:
+                raise TypeError(f"{type(module).__name__} was called without a positional input or hidden_states=: "
+                                "cannot calibrate it block by block; pass sequential=False")
+            kwargs = {k: (None if k in _CACHE_KWARGS else (False if k == "use_cache" else v))
+                      for k, v in kwargs.items()}
+            args = tuple(args)
+            if i > 0:  # not this forward's hidden states: holding them would keep every block's
+                args, kwargs = _with_hidden(args, kwargs, None)
+            calls[i] = (args, kwargs)
+            if i == last:
+                raise _Stop
+        return hook
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [block.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, block in enumerate(stack)]
     try:
         for batch in calibration(batches, desc):
+            captured.append([None] * len(stack))
             try:
                 run_model(model, batch)
             except _Stop:
-                continue
-            raise ValueError(f"the model returned without calling its first block ({type(first).__name__}): "
-                             "pass blocks= naming the stack the model runs, or sequential=False")
+                pass
+            calls = captured[-1]
+            if calls[0] is None:
+                raise ValueError(f"the model returned without calling its first block ({type(stack[0]).__name__}): "
+                                 "pass blocks= naming the stack the model runs, or sequential=False")
+            for i in range(1, len(stack)):
+                if calls[i] is None:
+                    calls[i] = _with_hidden(*calls[0], None)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return captured
 
 
@@ -281,17 +304,19 @@ def calibrate(model: nn.Module, batches: Iterable, modules: list[tuple[str, nn.M
     inside = [[(n, m) for n, m in modules if n.startswith(p)] for p in prefixes]
     outside = [(n, m) for n, m in modules if not any(n.startswith(p) for p in prefixes)]
     with _without_cache(model):
-        inputs = _capture_block_inputs(model, stack[0], batches, desc)
-        if not inputs:
+        calls = _capture_block_inputs(model, stack, batches, desc)
+        if not calls:
             raise ValueError(f"batches is empty: {desc} needs at least one calibration batch")
+        inputs = [batch[0] for batch in calls]
         for i, block in enumerate(progress(stack, f"{desc} blocks")):
             if inside[i]:
                 forwards = (lambda args=args, kwargs=kwargs, block=block: block(*args, **kwargs)
                             for args, kwargs in inputs)
                 _collect_then_prune(inside[i], make_stats, share, prune_group, forwards, desc)
-            if i + 1 < len(stack):  # the next block's inputs, from this block as pruned
-                inputs = [_with_hidden(args, kwargs, _first(block(*args, **kwargs))) for args, kwargs in inputs]
-        del inputs
+            if i + 1 < len(stack):  # the next block's inputs: its own arguments, this block's output as pruned
+                inputs = [_with_hidden(*batch[i + 1], _first(block(*args, **kwargs)))
+                          for batch, (args, kwargs) in zip(calls, inputs)]
+        del inputs, calls
         if outside:
             _pass(model, outside, batches, make_stats, prune_group, desc, share)
 

@@ -85,7 +85,10 @@ def _looks_linear(module: nn.Module, types: tuple[type, ...]) -> bool:
     """A linear layer of a type the method does not prune: transformers' Conv1D (GPT-2),
     recognized by class name so transformers need not be imported, or any module with
     its own 2-D weight that is not an nn.Linear (nor an embedding)."""
-    if isinstance(module, types) or isinstance(module, _NOT_LINEAR):
+    from ..sparse_linear import SparseLinear  # here: sparse_linear is imported after prune
+
+    # SparseLinear layers have their own note (_packed_note); their `weight` is a dense copy.
+    if isinstance(module, types) or isinstance(module, (*_NOT_LINEAR, SparseLinear)):
         return False
     weight = getattr(module, "weight", None)
     return type(module).__name__ == "Conv1D" or (weight is not None and getattr(weight, "ndim", 0) == 2)
