@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from . import ops, planner
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
 from .formats.common import KERNEL_VALUE_TYPES
+from .packed_weight import PackedWeight
 
 AUTO = "auto"
 
@@ -387,18 +388,14 @@ class SparseLinear(nn.Module):
         except AttributeError:
             if name != "weight" or self.__dict__.get("format") not in PACKED_FORMATS:
                 raise
-        # Models written for nn.Linear read `.weight` outside forward: T5's feed-forward checks
-        # `wo.weight.dtype` on every call (and crashed with "'SparseLinear' object has no
-        # attribute 'weight'"), Qwen2-VL takes its vision tower's dtype and device from
-        # `fc2.weight`. A packed layer has no dense weight, so it answers with the dense
-        # [out, in] weight it stores, as an inference tensor: a read-only copy, which an
-        # in-place write (that could not reach the packed values) refuses outside
-        # torch.inference_mode(). Compiled graphs cannot make inference tensors (inductor failed
-        # on T5): there, a detached copy, which the graph drops when only its dtype is read.
+        # Models written for nn.Linear read `.weight` outside forward (T5's feed-forward checks
+        # `wo.weight.dtype` on every call, and crashed with "'SparseLinear' object has no
+        # attribute 'weight'"): a PackedWeight, whose shape, dtype and device cost nothing and
+        # whose values are unpacked when read (packed_weight.py). Compiled graphs trace no such
+        # tensor: there, the dense weight itself, which the graph drops when only its dtype is read.
         if torch.compiler.is_compiling():
             return self.dense_weight().detach()
-        with torch.inference_mode():
-            return self.dense_weight()
+        return PackedWeight(self)
 
     @property
     def value_dtype(self) -> torch.dtype:

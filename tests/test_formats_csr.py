@@ -130,7 +130,7 @@ def test_validate_never_accepts_out_of_range_or_unsorted(wm, data):
     cols = packed.col_idx.to(torch.int64).clone()
     cols[j] = new_col
     bad = packed._replace(col_idx=cols.to(torch.uint16))
-    rows = csr.row_indices(packed.row_ptr)
+    rows = csr.row_indices(packed.row_ptr, packed.col_idx.shape[0])
     same_row = rows == rows[j]
     row_cols = cols[same_row]
     legal = new_col < weight.shape[1] and bool((row_cols.diff() > 0).all())

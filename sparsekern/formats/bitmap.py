@@ -71,8 +71,9 @@ def mask_of(tensors: BitmapTensors, shape: Tuple[int, int]) -> torch.Tensor:
 def unpack(tensors: BitmapTensors, shape: Tuple[int, int], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The dense [out, in] weight, zeros where nothing is stored (exact inverse of pack)."""
     dense = torch.zeros(shape, dtype=dtype or tensors.values.dtype, device=tensors.values.device)
-    dense[mask_of(tensors, shape)] = tensors.values.detach().to(dense.dtype)
-    return dense
+    # masked_scatter, not dense[mask] = values: the same row-major fill, with no shape that
+    # depends on the data, so torch.compile traces it whole.
+    return dense.masked_scatter_(mask_of(tensors, shape), tensors.values.detach().to(dense.dtype))
 
 
 def skeleton(shape: Tuple[int, int], nnz: int, dtype: torch.dtype, device=None) -> BitmapTensors:

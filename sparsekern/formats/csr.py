@@ -50,23 +50,25 @@ def pack(weight: torch.Tensor, mask: Optional[torch.Tensor] = None,
     return CsrTensors(row_ptr, cols.to(index_dtype(weight.shape[1])), weight[rows, cols].to(value_dtype))
 
 
-def row_indices(row_ptr: torch.Tensor) -> torch.Tensor:
+def row_indices(row_ptr: torch.Tensor, nnz: int) -> torch.Tensor:
     """The output row of each nonzero, [nnz] int64."""
     rows = torch.arange(row_ptr.numel() - 1, device=row_ptr.device)
-    return torch.repeat_interleave(rows, row_ptr.diff())
+    # output_size from the buffers' last offset would read the data; the caller's nnz (the
+    # length of col_idx and values) is known from shapes, so torch.compile traces this whole.
+    return torch.repeat_interleave(rows, row_ptr.diff(), output_size=nnz)
 
 
 def unpack(csr: CsrTensors, shape: Tuple[int, int], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The dense [out, in] weight, zeros where nothing is stored (exact inverse of pack)."""
     dense = torch.zeros(shape, dtype=dtype or csr.values.dtype, device=csr.values.device)
-    dense[row_indices(csr.row_ptr), csr.col_idx.to(torch.int64)] = csr.values.detach().to(dense.dtype)
+    dense[row_indices(csr.row_ptr, csr.col_idx.shape[0]), csr.col_idx.to(torch.int64)] = csr.values.detach().to(dense.dtype)
     return dense
 
 
 def mask_of(csr: CsrTensors, shape: Tuple[int, int]) -> torch.Tensor:
     """The bool [out, in] pattern of stored entries."""
     mask = torch.zeros(shape, dtype=torch.bool, device=csr.row_ptr.device)
-    mask[row_indices(csr.row_ptr), csr.col_idx.to(torch.int64)] = True
+    mask[row_indices(csr.row_ptr, csr.col_idx.shape[0]), csr.col_idx.to(torch.int64)] = True
     return mask
 
 
