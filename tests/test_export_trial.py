@@ -103,3 +103,34 @@ def test_load_into_meta_warns_about_tensors_the_file_cannot_fill(tmp_path):
         sk.load(skeleton, path)
     assert skeleton.freqs.is_meta and not skeleton.fc2.values.is_meta and not skeleton.norm.weight.is_meta
 
+
+# ---- sk.save / sk.load of a torch.compile'd model ------------------------------------------
+
+def test_a_compiled_model_saves_under_its_own_names_and_loads_into_a_plain_one(tmp_path):
+    # Before: the file named every tensor "_orig_mod.<name>" and sk.load into the model built
+    # from code raised "layer '_orig_mod.fc1': the model has no such module".
+    net, reference = pruned_net("bitmap")
+    compiled = torch.compile(net, backend="eager")
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        compiled(x)
+    path = str(tmp_path / "m.safetensors")
+    sk.save(compiled, path)
+    assert set(sk.inspect_file(path).header.layers) == {"fc1", "fc2"}
+    fresh = Net().eval()
+    assert sk.load(fresh, path) is fresh
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), masked_dense(reference, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_plain_file_loads_into_a_compiled_model(tmp_path):
+    # Before: "layer '_orig_mod.fc1': tensors do not match the model: missing from the file [...]".
+    net, reference = pruned_net("csr")
+    path = str(tmp_path / "m.safetensors")
+    sk.save(net, path)
+    compiled = torch.compile(Net().eval(), backend="eager")
+    assert sk.load(compiled, path) is compiled
+    assert isinstance(compiled._orig_mod.fc1, sk.SparseLinear)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), masked_dense(reference, x), rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ Any problem is a ValueError; a missing file is a FileNotFoundError.
 """
 import json
 import os
+import sys
 import warnings
 from typing import Dict
 
@@ -44,6 +45,17 @@ def _check_no_prune_bookkeeping(model: nn.Module) -> None:
                 "to bake the mask in, before sparsekern.save")
 
 
+def _compiled_module(model: nn.Module) -> nn.Module:
+    """The module that a torch.compile wrapper (OptimizedModule) runs, else `model`. The wrapper's
+    state_dict names every tensor "_orig_mod.<name>": saved as such, a file did not load into
+    the model built from code ("the model has no such module"), and a plain file loaded into
+    a compiled model failed on tensors "missing from the file"."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
+
+
 def save(model: nn.Module, path: str) -> None:
     """Writes every parameter and buffer of `model` to one safetensors file at `path`.
 
@@ -52,13 +64,16 @@ def save(model: nn.Module, path: str) -> None:
     stored once. A model still carrying pruning masks or parametrizations is refused
     (ValueError): sparsify or finalize it first. The file is written to `path + ".tmp"` and
     renamed, so a crash never leaves a half-written file under `path`. A missing directory
-    raises FileNotFoundError naming it, before anything is written.
+    raises FileNotFoundError naming it, before anything is written. The wrapper torch.compile
+    returns is saved under its module's names (no "_orig_mod." prefix), so the file loads into
+    the model built from code, compiled or not.
     """
     from safetensors.torch import save_file
 
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):  # else safetensors fails naming its own temporary file
         raise FileNotFoundError(f"cannot save {path}: there is no directory {directory}")
+    model = _compiled_module(model)  # a compiled model is saved under its own names
     _check_no_prune_bookkeeping(model)
     if isinstance(model, SparseLinear):
         raise ValueError("sparsekern.save takes a model that contains SparseLinear layers; wrap a "
@@ -137,7 +152,9 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     file by name, shape and dtype. device: where the tensors go (default: the model's).
     A model built on the meta device (``with torch.device("meta"):``, which allocates nothing)
     is filled too: its tensors are taken from the file, on `device` (default CPU); any the file
-    does not hold (non-persistent buffers) stay on meta, with a warning naming them.
+    does not hold (non-persistent buffers) stay on meta, with a warning naming them. `model`
+    may be the wrapper torch.compile returns: the module it wraps is filled (and recompiled on
+    its next call).
     Raises ValueError naming the problem, before changing the model, for any file that is
     damaged, forged, from a newer version, or does not fit the model, and for a device torch
     cannot use here (e.g. "cuda" on a CPU-only build).
@@ -149,6 +166,7 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             reason = str(e).partition("\n")[0]  # the first line says why; a table of backends may follow
             raise ValueError(f"sparsekern.load: cannot use device {device!r}: {reason}") from e
     header = read_header(path)
+    given, model = model, _compiled_module(model)  # filled in place: the wrapper runs the new layers
     device = torch.device(device) if device is not None else _model_device(model)
     stored = dict(header.tensors)
     for alias, target in header.aliases.items():
@@ -224,7 +242,7 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
                       f"{left[:5]}{' ...' if len(left) > 5 else ''} are not in the file (non-persistent "
                       "buffers, such as rotary embedding frequencies) and stay on meta, without values: "
                       "set them before running the model", stacklevel=2)
-    return model
+    return given
 
 
 def _materialized(stored: Dict[str, torch.Tensor], model_tensors: Dict[str, torch.Tensor], device) -> dict:
