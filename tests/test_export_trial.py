@@ -134,3 +134,22 @@ def test_a_plain_file_loads_into_a_compiled_model(tmp_path):
     x = torch.randn(5, 64)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), masked_dense(reference, x), rtol=1e-5, atol=1e-5)
+
+
+# ---- TorchScript ---------------------------------------------------------------------------
+
+def test_jit_script_names_the_ways_that_work_and_trace_matches_the_reference(tmp_path):
+    # Before: torch.jit.script failed inside forward with "try blocks aren't supported".
+    net, reference = pruned_net("2:4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates torch.jit's script and trace
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(RuntimeError, match=r"SparseLinear cannot be compiled by torch\.jit\.script.*jit\.trace"):
+            torch.jit.script(net)
+        assert isinstance(net.fc1, sk.SparseLinear)  # the model is left as it was
+        traced = torch.jit.trace(net, (torch.randn(4, 64),))
+        traced.save(str(tmp_path / "traced.pt"))
+        loaded = torch.jit.load(str(tmp_path / "traced.pt"))
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), masked_dense(reference, x), rtol=1e-5, atol=1e-5)
