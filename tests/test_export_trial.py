@@ -153,3 +153,18 @@ def test_jit_script_names_the_ways_that_work_and_trace_matches_the_reference(tmp
     x = torch.randn(7, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), masked_dense(reference, x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_of_a_compiled_model_runs_in_onnxruntime(tmp_path):
+    # Before: torch.export failed on the wrapper's (*args, **kwargs) forward with "Detected
+    # mismatch between the structure of `inputs` and `dynamic_shapes`".
+    pytest.importorskip("onnx", reason="sk.export_onnx needs onnx")
+    pytest.importorskip("onnxscript", reason="sk.export_onnx needs onnxscript")
+    ort = pytest.importorskip("onnxruntime", reason="running the graph needs onnxruntime")
+    net, reference = pruned_net("csr")
+    compiled = torch.compile(net, backend="eager")
+    path = str(tmp_path / "m.onnx")
+    sk.export_onnx(compiled, (torch.randn(3, 64),), path)
+    x = torch.randn(6, 64)  # another batch size: the batch dimension is dynamic
+    (y,) = ort.InferenceSession(path).run(None, {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(y), masked_dense(reference, x), rtol=1e-5, atol=1e-5)

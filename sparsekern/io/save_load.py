@@ -45,7 +45,7 @@ def _check_no_prune_bookkeeping(model: nn.Module) -> None:
                 "to bake the mask in, before sparsekern.save")
 
 
-def _compiled_module(model: nn.Module) -> nn.Module:
+def unwrap_compiled(model: nn.Module) -> nn.Module:
     """The module that a torch.compile wrapper (OptimizedModule) runs, else `model`. The wrapper's
     state_dict names every tensor "_orig_mod.<name>": saved as such, a file did not load into
     the model built from code ("the model has no such module"), and a plain file loaded into
@@ -73,7 +73,7 @@ def save(model: nn.Module, path: str) -> None:
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):  # else safetensors fails naming its own temporary file
         raise FileNotFoundError(f"cannot save {path}: there is no directory {directory}")
-    model = _compiled_module(model)  # a compiled model is saved under its own names
+    model = unwrap_compiled(model)  # a compiled model is saved under its own names
     _check_no_prune_bookkeeping(model)
     if isinstance(model, SparseLinear):
         raise ValueError("sparsekern.save takes a model that contains SparseLinear layers; wrap a "
@@ -166,7 +166,7 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             reason = str(e).partition("\n")[0]  # the first line says why; a table of backends may follow
             raise ValueError(f"sparsekern.load: cannot use device {device!r}: {reason}") from e
     header = read_header(path)
-    given, model = model, _compiled_module(model)  # filled in place: the wrapper runs the new layers
+    given, model = model, unwrap_compiled(model)  # filled in place: the wrapper runs the new layers
     device = torch.device(device) if device is not None else _model_device(model)
     stored = dict(header.tensors)
     for alias, target in header.aliases.items():
