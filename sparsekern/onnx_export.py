@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io.save_load import unwrap_compiled
 from .sparse_linear import SparseLinear
 
 _INDEX_BYTES = 8  # ONNX sparse tensors index with int64
@@ -149,6 +150,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     the SparseLinear layers; pruned weights are stored as sparse Constants (see the module
     docstring). A bfloat16 graph warns: onnxruntime's CPU provider cannot run it. The model is
     checked with onnx.checker before it is written. Returns {"sparse_constants": n, "initializers": n} for the written file.
+    `model` may be the wrapper torch.compile returns (the module it wraps is exported).
     `model` is returned to its original state afterwards (its layers are swapped only
     during the export). The exporter's notes (not its errors) go to the logger
     sparsekern.onnx_export at DEBUG instead of stderr.
@@ -159,6 +161,9 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[Any], path: str, dyna
     except ImportError as e:
         raise ImportError(f'sparsekern.export_onnx needs the {e.name} package: pip install "sparsekern[onnx]"') from e
 
+    # The wrapper torch.compile returns takes (*args, **kwargs): torch.export failed on it with
+    # "mismatch between the structure of `inputs` and `dynamic_shapes`".
+    model = unwrap_compiled(model)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)  # tuple() of a tensor would pass its rows as inputs
     if dynamic_shapes is None:

@@ -408,6 +408,14 @@ class SparseLinear(nn.Module):
                 f"sparsity={self.sparsity:.1%}, nnz={self.nnz}, dtype={str(dtype).replace('torch.', '')}, "
                 f"bias={self.bias is not None}")
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling: without it, scripting
+        # failed deep inside forward with "try blocks aren't supported", which names no remedy.
+        # (Returning a scriptable stand-in is no option: torch puts it into the user's model.)
+        raise RuntimeError("SparseLinear cannot be compiled by torch.jit.script (its forward is Python that "
+                           "TorchScript does not take); torch.jit.trace(model, example_inputs) records the "
+                           "sparsekern ops, and torch.export.export and torch.compile run them too")
+
     def __getstate__(self):
         # The kernel handle holds raw addresses: a copy or a pickle rebuilds its own.
         state = self.__dict__.copy()

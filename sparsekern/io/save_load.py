@@ -16,6 +16,8 @@ Any problem is a ValueError; a missing file is a FileNotFoundError.
 """
 import json
 import os
+import sys
+import warnings
 from typing import Dict
 
 import torch
@@ -43,6 +45,17 @@ def _check_no_prune_bookkeeping(model: nn.Module) -> None:
                 "to bake the mask in, before sparsekern.save")
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The module that a torch.compile wrapper (OptimizedModule) runs, else `model`. The wrapper's
+    state_dict names every tensor "_orig_mod.<name>": saved as such, a file did not load into
+    the model built from code ("the model has no such module"), and a plain file loaded into
+    a compiled model failed on tensors "missing from the file"."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")  # not imported: nothing was compiled
+    while eval_frame is not None and isinstance(model, eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
+
+
 def save(model: nn.Module, path: str) -> None:
     """Writes every parameter and buffer of `model` to one safetensors file at `path`.
 
@@ -51,13 +64,16 @@ def save(model: nn.Module, path: str) -> None:
     stored once. A model still carrying pruning masks or parametrizations is refused
     (ValueError): sparsify or finalize it first. The file is written to `path + ".tmp"` and
     renamed, so a crash never leaves a half-written file under `path`. A missing directory
-    raises FileNotFoundError naming it, before anything is written.
+    raises FileNotFoundError naming it, before anything is written. The wrapper torch.compile
+    returns is saved under its module's names (no "_orig_mod." prefix), so the file loads into
+    the model built from code, compiled or not.
     """
     from safetensors.torch import save_file
 
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):  # else safetensors fails naming its own temporary file
         raise FileNotFoundError(f"cannot save {path}: there is no directory {directory}")
+    model = unwrap_compiled(model)  # a compiled model is saved under its own names
     _check_no_prune_bookkeeping(model)
     if isinstance(model, SparseLinear):
         raise ValueError("sparsekern.save takes a model that contains SparseLinear layers; wrap a "
@@ -134,6 +150,11 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     bias; it is replaced by a SparseLinear in the recorded format, filled from the packed
     tensors (no dense weight is built). Every other parameter and buffer must match the
     file by name, shape and dtype. device: where the tensors go (default: the model's).
+    A model built on the meta device (``with torch.device("meta"):``, which allocates nothing)
+    is filled too: its tensors are taken from the file, on `device` (default CPU); any the file
+    does not hold (non-persistent buffers) stay on meta, with a warning naming them. `model`
+    may be the wrapper torch.compile returns: the module it wraps is filled (and recompiled on
+    its next call).
     Raises ValueError naming the problem, before changing the model, for any file that is
     damaged, forged, from a newer version, or does not fit the model, and for a device torch
     cannot use here (e.g. "cuda" on a CPU-only build).
@@ -145,6 +166,7 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             reason = str(e).partition("\n")[0]  # the first line says why; a table of backends may follow
             raise ValueError(f"sparsekern.load: cannot use device {device!r}: {reason}") from e
     header = read_header(path)
+    given, model = model, unwrap_compiled(model)  # filled in place: the wrapper runs the new layers
     device = torch.device(device) if device is not None else _model_device(model)
     stored = dict(header.tensors)
     for alias, target in header.aliases.items():
@@ -183,7 +205,8 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
         replacements[name] = skeleton
 
     covered = {place for names in places.values() for place in names}
-    rest = {key: t for key, t in model.state_dict().items() if key.rpartition(".")[0] not in covered}
+    # keep_vars: which of them are Parameters, for a model built on the meta device (_materialized)
+    rest = {key: t for key, t in model.state_dict(keep_vars=True).items() if key.rpartition(".")[0] not in covered}
     rest_entries = {key: e for key, e in stored.items() if key.rpartition(".")[0] not in covered}
     _expect(f"{path}", rest_entries, rest)
 
@@ -206,11 +229,40 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
             parent_name, _, attr = place.rpartition(".")
             setattr(model.get_submodule(parent_name), attr, layer)
     others = {key: t for key, t in tensors.items() if key in rest}
+    on_meta = {key: t for key, t in others.items() if rest[key].is_meta}
     try:
-        model.load_state_dict(others, strict=False)
+        if on_meta:  # first: a module may fill in what a call lacks (BatchNorm: num_batches_tracked)
+            model.load_state_dict(_materialized(on_meta, rest, device), strict=False, assign=True)
+        model.load_state_dict({key: t for key, t in others.items() if key not in on_meta}, strict=False)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: {e}") from e
-    return model
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        warnings.warn(f"{path}: loaded into a model built on the meta device, whose tensors "
+                      f"{left[:5]}{' ...' if len(left) > 5 else ''} are not in the file (non-persistent "
+                      "buffers, such as rotary embedding frequencies) and stay on meta, without values: "
+                      "set them before running the model", stacklevel=2)
+    return given
+
+
+def _materialized(stored: Dict[str, torch.Tensor], model_tensors: Dict[str, torch.Tensor], device) -> dict:
+    """The file's tensors for a model's meta tensors, on `device`, for load_state_dict(assign=True).
+
+    Copying into a meta tensor is a no-op: a model built under torch.device("meta") (to skip
+    allocating and initializing weights that the file replaces) kept every tensor outside its
+    SparseLinear layers on meta, and failed on its first call. Parameters are wrapped here, one
+    per stored tensor, so that weights tied in the model (stored once, as an alias) stay one
+    Parameter; load_state_dict keeps each one's requires_grad."""
+    made: Dict[int, torch.Tensor] = {}
+    out = {}
+    for key, t in stored.items():
+        if id(t) not in made:
+            new = t.to(device)
+            if isinstance(model_tensors[key], nn.Parameter):
+                new = nn.Parameter(new, requires_grad=model_tensors[key].requires_grad)
+            made[id(t)] = new
+        out[key] = made[id(t)]
+    return out
 
 
 def _check_finite(path, tensors: Dict[str, torch.Tensor], header: FileHeader) -> None:
