@@ -5,9 +5,9 @@ pruning step.
 Two ways to run it:
 - all at once: one pass of the whole model over the batches, then every layer pruned;
 - sequentially (Wanda's and SparseGPT's own recipe for LLMs): the inputs of the first
-  block of the decoder stack, and every block's other arguments, are captured, then
-  block by block the calibration inputs run through that block alone, its layers are pruned, and the pruned block's outputs
-  become the next block's inputs. Block i so sees what blocks 0..i-1 produce *after*
+  block of the decoder stack, and every block's other arguments, are captured, then block
+  by block the calibration inputs run through that block alone, its layers are pruned, and
+  the pruned block's outputs become the next block's inputs. Block i so sees what blocks 0..i-1 produce *after*
   they were pruned, and only one block's activations are held at a time.
 """
 from __future__ import annotations
