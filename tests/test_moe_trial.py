@@ -1,0 +1,134 @@
+"""Defects found by trying sparsekern on tiny randomly initialized mixture-of-experts and
+multimodal Hugging Face models (no download). Each test compares against a masked dense
+model or a reference pruning, not only "no exception"."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekern as sk
+from sparsekern import prune
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install sparsekern[hf])")
+
+VOCAB = 96
+
+
+def batches(count=2, seq=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (2, seq), generator=g) for _ in range(count)]
+
+
+def _model(class_name: str, config_name: str, **config):
+    if not hasattr(transformers, class_name):
+        pytest.skip(f"this transformers has no {class_name}")
+    torch.manual_seed(0)
+    common = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64)
+    return getattr(transformers, class_name)(getattr(transformers, config_name)(**common, **config)).eval()
+
+
+# In this transformers the experts of every one of these are one [experts, ., .] Parameter per
+# projection (fused), not nn.Linear modules.
+MOE = {
+    "mixtral": lambda: _model("MixtralForCausalLM", "MixtralConfig", intermediate_size=128, num_key_value_heads=2,
+                              num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": lambda: _model("Qwen2MoeForCausalLM", "Qwen2MoeConfig", intermediate_size=128,
+                                num_key_value_heads=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                                num_experts=4, num_experts_per_tok=2),
+    "deepseek_v3": lambda: _model("DeepseekV3ForCausalLM", "DeepseekV3Config", intermediate_size=128,
+                                  moe_intermediate_size=32, num_key_value_heads=4, n_routed_experts=4,
+                                  num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, kv_lora_rank=16,
+                                  q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_group=1,
+                                  topk_group=1),
+    "gpt_oss": lambda: _model("GptOssForCausalLM", "GptOssConfig", intermediate_size=128, num_key_value_heads=2,
+                              num_local_experts=4, num_experts_per_tok=2, head_dim=16,
+                              layer_types=["sliding_attention", "full_attention"]),
+}
+
+
+def _fused(model):
+    return [(name, p) for name, p in model.named_parameters() if p.ndim == 3]
+
+
+def _linear_weights(model):
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def _record(call):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("family", list(MOE))
+def test_pruning_a_moe_names_the_fused_experts_it_leaves_and_their_share(family):
+    # Asking for 50% of a Mixtral pruned its attention layers and lm_head alone, 7% of its
+    # parameters: the experts, 84% of them, are 3-D Parameters no nn.Linear holds, and the only
+    # warning named the routers.
+    model = MOE[family]()
+    fused = _fused(model)
+    assert fused, "the experts are expected fused in this transformers"
+    before = {name: p.detach().clone() for name, p in fused}
+    total = sum(p.numel() for p in model.parameters())
+    share = sum(p.numel() for _, p in fused) / total
+    messages = _record(lambda: prune.magnitude(model, 0.5, scope="layer"))
+    stacked = [m for m in messages if "stacked weight(s)" in m]
+    assert len(stacked) == 1, messages
+    assert stacked[0].startswith(f"{len(fused)} stacked weight(s) holding {share:.0%} of {type(model).__name__}'s "
+                                 f"parameters are not pruned (first: {fused[0][0]!r}, shape {list(fused[0][1].shape)})")
+    assert f"hold {_linear_weights(model) / total:.0%} of the parameters" in stacked[0]
+    assert all(torch.equal(p, before[name]) for name, p in _fused(model))  # as said: untouched
+    # Left out on purpose: no warning.
+    model = MOE[family]()
+    messages = _record(lambda: prune.magnitude(model, 0.5, scope="layer", exclude="*.experts"))
+    assert not [m for m in messages if "stacked weight(s)" in m], messages
+
+
+@pytest.mark.parametrize("method", ["nm", "wanda", "sparsegpt"])
+def test_every_method_names_the_fused_experts(method):
+    model = MOE["mixtral"]()
+    calls = {"nm": lambda: prune.nm(model, 2, 4), "wanda": lambda: prune.wanda(model, batches(1), 0.5),
+             "sparsegpt": lambda: prune.sparsegpt(model, batches(1), 0.5)}
+    messages = _record(calls[method])
+    assert any(m.startswith("4 stacked weight(s) holding 84% of MixtralForCausalLM's parameters are not pruned")
+               for m in messages), messages
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sparsify_and_summary_of_a_moe_say_the_experts_stay_dense(dtype, tmp_path):
+    # sk.summary listed the packed attention layers only and gave their total ("0.78x") as
+    # if it were the model's, whose experts (84% of its weights) stayed dense unmentioned.
+    model = MOE["mixtral"]().to(dtype)
+    prune.nm(model, 2, 4, exclude="lm_head")
+    masked = copy.deepcopy(model)
+    messages = _record(lambda: sk.sparsify(model, format="2:4", exclude="lm_head", progress=False))
+    assert any(m.startswith("4 stacked weight(s) holding 84% of MixtralForCausalLM's parameters are not sparsified")
+               and "stay dense" in m for m in messages), messages
+    summary = sk.summary(model)
+    fused = _fused(model)
+    expected = sum(p.numel() * p.element_size() for _, p in fused)
+    assert summary.stacked_bytes == expected
+    assert [name for name, _, _ in summary.stacked] == [name for name, _ in fused]
+    total = summary.weight_bytes + expected
+    ratio = total / (summary.dense_bytes + expected)
+    assert (f"not in the table: 4 stacked weight(s) of {expected:,} bytes, dense (first: {fused[0][0]}, 4 x 256 x 64)"
+            in str(summary))
+    assert f"with them the total is {total:,} bytes, {ratio:.2f}x of dense" in str(summary)
+    ids = batches(1)[0]
+    with torch.no_grad():
+        got, want = model(ids).logits, masked(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4) if dtype == torch.float32 else \
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    if dtype == torch.float32:
+        settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        assert torch.equal(model.generate(ids, **settings), masked.generate(ids, **settings))
+    path = tmp_path / "mixtral.safetensors"
+    sk.save(model, path)
+    fresh = MOE["mixtral"]().to(dtype)
+    sk.load(fresh, path)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, got)
