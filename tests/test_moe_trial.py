@@ -132,3 +132,77 @@ def test_sparsify_and_summary_of_a_moe_say_the_experts_stay_dense(dtype, tmp_pat
     sk.load(fresh, path)
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, got)
+
+
+# ---- experts that receive no calibration token ----------------------------------------------------
+
+class _Expert(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, hidden, bias=False), nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+class _MoE(nn.Module):
+    """Top-1 routing by the largest of the first ``experts`` features, every expert called on
+    its selection even when empty, as older transformers' Mixtral did (and remote-code MoE
+    models still do)."""
+
+    def __init__(self, dim=16, hidden=32, experts=4):
+        super().__init__()
+        self.experts = nn.ModuleList(_Expert(dim, hidden) for _ in range(experts))
+
+    def forward(self, x):
+        flat = x.reshape(-1, x.shape[-1])
+        route = flat[:, :len(self.experts)].argmax(-1)
+        out = torch.zeros_like(flat)
+        for i, expert in enumerate(self.experts):
+            tokens = torch.where(route == i)[0]
+            out.index_add_(0, tokens, expert(flat[tokens]))
+        return out.reshape(x.shape)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(_MoE() for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def _routed_batch():
+    """Layer 0: 15 tokens to expert 0, one to expert 1, none to experts 2 and 3."""
+    x = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(3))
+    x[..., :4] = torch.tensor([5.0, 0.0, -1.0, -1.0])
+    x[1, 7, :2] = torch.tensor([0.0, 5.0])
+    return x
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_an_expert_that_no_calibration_token_reached_is_pruned_by_magnitude(method):
+    # Called on an empty selection, an expert's statistics were those of zero inputs, not none:
+    # sparsegpt took every input for dead and zeroed the whole expert (100% sparsity, silently),
+    # wanda scored every weight 0 and kept an arbitrary half.
+    torch.manual_seed(0)
+    model = _Net()
+    reference = copy.deepcopy(model)
+    messages = _record(lambda: getattr(prune, method)(model, [_routed_batch()], 0.5))
+    unseen = [f"layers.0.experts.{e}.{p}" for e in (2, 3) for p in ("up", "down")]
+    # What the fallback promises: |W| per row (wanda), magnitude without reconstruction over the
+    # layer (sparsegpt: H = I, one column block).
+    prune.magnitude(reference, 0.5, scope="row" if method == "wanda" else "layer", include=unseen)
+    for name in unseen:
+        got, want = model.get_submodule(name), reference.get_submodule(name)
+        assert (got.weight == 0).float().mean() == 0.5, name
+        assert torch.equal(got.weight, want.weight), name
+    assert any(m.startswith(f"{method}: no input reached {unseen}") and "no calibration token was routed" in m
+               for m in messages), messages
+    one_token = model.get_submodule("layers.0.experts.1.up").weight  # one token: rank-1 statistics
+    assert torch.isfinite(one_token).all() and (one_token == 0).float().mean() == 0.5
+    with torch.no_grad():
+        assert torch.isfinite(model(_routed_batch())).all()
