@@ -206,3 +206,39 @@ def test_an_expert_that_no_calibration_token_reached_is_pruned_by_magnitude(meth
     assert torch.isfinite(one_token).all() and (one_token == 0).float().mean() == 0.5
     with torch.no_grad():
         assert torch.isfinite(model(_routed_batch())).all()
+
+
+# ---- multimodal ------------------------------------------------------------------------------------
+
+def llava():
+    if not hasattr(transformers, "LlavaForConditionalGeneration"):
+        pytest.skip("this transformers has no LlavaForConditionalGeneration")
+    torch.manual_seed(0)
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=32, patch_size=8, projection_dim=32)
+    text = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=127,
+                                      vision_feature_layer=-1, projector_hidden_act="gelu")
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    ids = torch.randint(3, 120, (2, 24), generator=torch.Generator().manual_seed(1))
+    ids[:, 2:18] = 127  # (32 / 8)^2 image tokens
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    return model, dict(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids))
+
+
+def test_llava_language_model_pruned_and_packed_alone_matches_the_masked_model():
+    # Coverage (no defect found): include= keeps the vision tower and projector dense, the
+    # calibration batches carry pixel_values, generate runs with the image.
+    model, batch = llava()
+    vision = {name: p.detach().clone() for name, p in model.named_parameters() if "language_model" not in name}
+    prune.wanda(model, [batch], 0.5, include="model.language_model.*")
+    masked = copy.deepcopy(model)
+    sk.sparsify(model, format="csr", include="model.language_model.*", progress=False)
+    packed = [name for name, m in model.named_modules() if isinstance(m, sk.SparseLinear)]
+    assert len(packed) == 14 and all(name.startswith("model.language_model.") for name in packed)
+    assert all(torch.equal(p, vision[name]) for name, p in model.named_parameters() if name in vision)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, masked(**batch).logits, rtol=1e-4, atol=1e-4)
+    settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert torch.equal(model.generate(**batch, **settings), masked.generate(**batch, **settings))
