@@ -83,8 +83,9 @@ class Summary:
             with_them = self.weight_bytes + self.stacked_bytes
             text.append(f"not in the table: {len(self.stacked)} stacked weight(s) of {self.stacked_bytes:,} bytes, "
                         f"dense (first: {name}, {' x '.join(map(str, shape))}): fused mixture-of-experts layers "
-                        "keep one matrix per expert in a 3-D parameter, which sparsify does not pack; with them "
-                        f"the total is {with_them:,} bytes, {with_them / max(total + self.stacked_bytes, 1):.2f}x of dense")
+                        "keep their experts' matrices stacked in one parameter, which sparsify does not pack; "
+                        f"with them the total is {with_them:,} bytes, "
+                        f"{with_them / max(total + self.stacked_bytes, 1):.2f}x of dense")
         if self.derived_bytes:
             text.append(f"in memory besides: {self.derived_bytes:,} bytes of layouts the kernels built for "
                         "batched calls (SparseLinear.derived_bytes; not saved)")

@@ -113,20 +113,27 @@ def lookalike_note(model: nn.Module, include: Selector, exclude: Selector, types
 
 def stacked_weights(model: nn.Module, include: Selector = None, exclude: Selector = None,
                     types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Parameter]]:
-    """[(qualified name, parameter)] of the 3-D parameters holding several matrices, [count, ., .],
-    in modules that pass include/exclude and are neither of ``types`` nor convolutions: how
-    transformers' mixture-of-experts layers (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V3, GPT-OSS, ...)
-    store their experts, one matrix per expert in one Parameter (``experts.gate_up_proj``
-    [experts, 2 * intermediate, hidden]) that no nn.Linear holds. In such models they are most
-    of the weights, so leaving them out must be said."""
+    """[(qualified name, parameter)] of the fused expert weights in modules that pass
+    include/exclude and are neither of ``types`` nor convolutions, embeddings or SparseLinear:
+    3-D parameters holding several matrices, [count, ., .], as transformers' mixture-of-experts
+    layers (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V3, GPT-OSS, ...) store their experts (one
+    matrix per expert in ``experts.gate_up_proj`` [experts, 2 * intermediate, hidden], which no
+    nn.Linear holds), and 2-D ones other than a ``weight`` (which ``lookalike_note`` names) or a
+    bias in modules named like experts, as DBRX stacks its experts' rows ([experts * ffn, d]).
+    In such models they are most of the weights, so leaving them out must be said."""
     from torch.nn.modules.conv import _ConvNd
+    from ..sparse_linear import SparseLinear  # here: sparse_linear is imported after prune
 
     found = []
     for name, module in model.named_modules():
-        if isinstance(module, (*types, _ConvNd)) or not wanted(name, module, include, exclude):
+        if isinstance(module, (*types, *_NOT_LINEAR, _ConvNd, SparseLinear)) \
+                or not wanted(name, module, include, exclude):
             continue
         for param_name, param in module.named_parameters(recurse=False):
-            if param.ndim == 3 and param.shape[0] > 1:  # [1, n, d] is a position embedding, not a stack
+            stack = param.ndim == 3 and param.shape[0] > 1  # [1, n, d] is a position embedding, not a stack
+            rows = (param.ndim == 2 and "expert" in name.lower() and param_name != "weight"
+                    and "bias" not in param_name)
+            if stack or rows:
                 found.append((_qualified(name, param_name), param))
     return found
 
@@ -148,7 +155,7 @@ def stacked_note(model: nn.Module, include: Selector, exclude: Selector, types: 
     verb = "sparsified" if packing else "pruned"
     note = (f"{len(stacked)} stacked weight(s) holding {left / total:.0%} of {type(model).__name__}'s parameters "
             f"are not {verb} (first: {first!r}, shape {list(param.shape)}): fused mixture-of-experts layers keep "
-            "one matrix per expert in such 3-D parameters, which are not layers sparsekern can "
+            "their experts' matrices stacked in such parameters, which are not layers sparsekern can "
             f"{'pack (they stay dense)' if packing else 'prune'}. The {len(selected)} layer(s) {verb} hold "
             f"{chosen / total:.0%} of the parameters")
     if not packing:
