@@ -12,7 +12,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import planner, prune
 from .formats import LAYER_FORMATS, PACKED_FORMATS, check_mask
 from .prune._linear import as_linear, is_conv1d, linear_mask, with_conv1d
-from .prune._select import WEIGHT_NAMES, Selector, check_materialized, lookalike_note, tied_weights, wanted
+from .prune._select import (WEIGHT_NAMES, Selector, check_materialized, lookalike_note, stacked_note, tied_weights,
+                            wanted)
 from .sparse_linear import AUTO, SparseLinear, check_format, check_not_parametrized
 
 CHOICES = (*LAYER_FORMATS, AUTO)
@@ -147,6 +148,10 @@ def sparsify(model: nn.Module, format: str = AUTO, *, include: Selector = None, 
     _keep_tied(tied)
     if skipped:
         warnings.warn(skipped.replace("are not pruned", "are not sparsified"), stacklevel=2)
+    stacked = stacked_note(model, include, exclude, with_conv1d(model, (nn.Linear, SparseLinear)),
+                           [t.module for t in targets], packing=True)
+    if stacked:  # fused MoE experts: most of such a model's weights stay dense
+        warnings.warn(stacked, stacklevel=2)
     _warn_unmatched(plan, formats, include, exclude, targets or tied)
     bar = tqdm(targets, desc="sparsify", unit="layer", disable=None if progress is None else not progress)
     for target in bar:

@@ -1,8 +1,9 @@
 """sparsekern.summary(model): a per-layer table of format, shape, sparsity and bytes."""
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Tuple
 
 from torch import nn
 
+from .prune._select import stacked_weights
 from .sparse_linear import SparseLinear
 
 
@@ -26,11 +27,21 @@ class Summary:
     """Rows for every SparseLinear and nn.Linear of a model. print(summary) (str()) gives the
     table: layer, format, shape, sparsity, weight bytes and their ratio to dense, why
     sparsify chose the format, and the cache tiles pack-time tuning chose (`tuning`,
-    planner.choose_tiles), then the bytes of in-memory layouts the kernels have built, if any
-    (`.derived_bytes`); `.plan` gives the choices back for sparsify(plan=...)."""
+    planner.choose_tiles), then the stacked 3-D weights no row covers (fused mixture-of-experts
+    experts, left dense: `.stacked`, `.stacked_bytes`) and the bytes of in-memory layouts the
+    kernels have built, if any (`.derived_bytes`); `.plan` gives the choices back for
+    sparsify(plan=...)."""
 
-    def __init__(self, rows: List[LayerRow]):
+    def __init__(self, rows: List[LayerRow], stacked: List[Tuple[str, Tuple[int, ...], int]] = ()):
         self.rows = rows
+        # (name, shape, bytes) of the 3-D stacked weights (fused MoE experts) no row covers: dense,
+        # and in an MoE model most of its weights, so the totals above must not pass for the model's.
+        self.stacked = list(stacked)
+
+    @property
+    def stacked_bytes(self) -> int:
+        """Bytes of the stacked 3-D weights (fused mixture-of-experts experts) left dense."""
+        return sum(size for _, _, size in getattr(self, "stacked", ()))  # a Summary pickled before: none
 
     @property
     def plan(self) -> Dict[str, str]:
@@ -67,6 +78,14 @@ class Summary:
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
+        if self.stacked_bytes:
+            name, shape, _ = self.stacked[0]
+            with_them = self.weight_bytes + self.stacked_bytes
+            text.append(f"not in the table: {len(self.stacked)} stacked weight(s) of {self.stacked_bytes:,} bytes, "
+                        f"dense (first: {name}, {' x '.join(map(str, shape))}): fused mixture-of-experts layers "
+                        "keep their experts' matrices stacked in one parameter, which sparsify does not pack; "
+                        f"with them the total is {with_them:,} bytes, "
+                        f"{with_them / max(total + self.stacked_bytes, 1):.2f}x of dense")
         if self.derived_bytes:
             text.append(f"in memory besides: {self.derived_bytes:,} bytes of layouts the kernels built for "
                         "batched calls (SparseLinear.derived_bytes; not saved)")
@@ -76,7 +95,8 @@ class Summary:
 
 
 def summary(model: nn.Module) -> Summary:
-    """Per layer: format, shape, sparsity, bytes of the stored weight and of its dense form."""
+    """Per layer: format, shape, sparsity, bytes of the stored weight and of its dense form; then
+    the stacked 3-D weights (fused mixture-of-experts experts) that no row covers, if any."""
     rows = []
     for name, module in model.named_modules():
         if isinstance(module, SparseLinear):
@@ -91,4 +111,6 @@ def summary(model: nn.Module) -> Summary:
             rows.append(LayerRow(name or "(model)", "nn.Linear", module.out_features, module.in_features,
                                  zeros, w.numel() * w.element_size(), w.numel() * w.element_size(),
                                  "not sparsified", ""))
-    return Summary(rows)
+    stacked = [(name, tuple(p.shape), p.numel() * p.element_size())
+               for name, p in stacked_weights(model, types=(nn.Linear, SparseLinear))]
+    return Summary(rows, stacked)

@@ -181,6 +181,13 @@ class _Collector:
         return own
 
     def _add(self, name: str, x: torch.Tensor, stats) -> None:
+        if x.numel() == 0:
+            # A call on no token: an MoE expert no token was routed to, which older transformers'
+            # Mixtral (and remote-code MoE models) still call on the empty selection. Added, it
+            # would make stats of zero inputs, not none: sparsegpt would take every input for
+            # dead and zero the whole expert, wanda would score every weight 0 (an arbitrary
+            # mask). Skipped, a layer that only ever got such calls is "unseen": |W|, with a warning.
+            return
         stats.add(x.detach().reshape(-1, in_features(self.modules[name])))
 
     def _hook(self, name: str):
@@ -327,4 +334,5 @@ def _first(output):
 
 def warn_unseen(method: str, names: list[str], fallback: str) -> None:
     if names:
-        warnings.warn(f"{method}: no input reached {names} (called functionally?); {fallback}", stacklevel=4)
+        warnings.warn(f"{method}: no input reached {names} (called functionally, or mixture-of-experts experts "
+                      f"that no calibration token was routed to?); {fallback}", stacklevel=4)

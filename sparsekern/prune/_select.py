@@ -111,6 +111,67 @@ def lookalike_note(model: nn.Module, include: Selector, exclude: Selector, types
     return note
 
 
+def stacked_weights(model: nn.Module, include: Selector = None, exclude: Selector = None,
+                    types: tuple[type, ...] = (nn.Linear,)) -> list[tuple[str, nn.Parameter]]:
+    """[(qualified name, parameter)] of the fused expert weights in modules that pass
+    include/exclude and are neither of ``types`` nor convolutions, embeddings or SparseLinear:
+    3-D parameters holding several matrices, [count, ., .], as transformers' mixture-of-experts
+    layers (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V3, GPT-OSS, ...) store their experts (one
+    matrix per expert in ``experts.gate_up_proj`` [experts, 2 * intermediate, hidden], which no
+    nn.Linear holds), and 2-D ones other than a ``weight`` (which ``lookalike_note`` names) or a
+    bias in modules named like experts, as DBRX stacks its experts' rows ([experts * ffn, d]).
+    In such models they are most of the weights, so leaving them out must be said."""
+    from torch.nn.modules.conv import _ConvNd
+    from ..sparse_linear import SparseLinear  # here: sparse_linear is imported after prune
+
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, (*types, *_NOT_LINEAR, _ConvNd, SparseLinear)) \
+                or not wanted(name, module, include, exclude):
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            stack = param.ndim == 3 and param.shape[0] > 1  # [1, n, d] is a position embedding, not a stack
+            rows = (param.ndim == 2 and "expert" in name.lower() and param_name != "weight"
+                    and "bias" not in param_name)
+            if stack or rows:
+                found.append((_qualified(name, param_name), param))
+    return found
+
+
+def stacked_note(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...],
+                 selected: list[nn.Module], packing: bool = False) -> str | None:
+    """A warning naming the stacked (fused expert) weights that pass include/exclude, which no
+    pruning method prunes and sparsify does not pack (``packing``: the wording for sparsify),
+    with their share of the model's parameters and that of the ``selected`` modules; None
+    when there are none. A user who asks for 50% of a Mixtral and gets 50% of its attention
+    layers alone (a few percent of the model) learns it here."""
+    stacked = stacked_weights(model, include, exclude, types)
+    if not stacked:
+        return None
+    total = max(sum(p.numel() for p in model.parameters()), 1)
+    left = sum(p.numel() for _, p in stacked)
+    chosen = sum(_weight_size(m) for m in selected)
+    first, param = stacked[0]
+    verb = "sparsified" if packing else "pruned"
+    note = (f"{len(stacked)} stacked weight(s) holding {left / total:.0%} of {type(model).__name__}'s parameters "
+            f"are not {verb} (first: {first!r}, shape {list(param.shape)}): fused mixture-of-experts layers keep "
+            "their experts' matrices stacked in such parameters, which are not layers sparsekern can "
+            f"{'pack (they stay dense)' if packing else 'prune'}. The {len(selected)} layer(s) {verb} hold "
+            f"{chosen / total:.0%} of the parameters")
+    if not packing:
+        note += ": the sparsity asked for applies to them alone"
+    return note + " (exclude= the experts' modules to leave them out without this warning)"
+
+
+def _weight_size(module: nn.Module) -> int:
+    for name in WEIGHT_NAMES:  # the stored Parameter: a masked or gated `weight` is computed
+        try:
+            return module.get_parameter(name).numel()
+        except AttributeError:
+            continue
+    return 0
+
+
 def _kinds(types: tuple[type, ...]) -> str:
     return ", ".join(t.__name__ for t in types)
 
@@ -195,6 +256,9 @@ def prunable(model: nn.Module, include: Selector = None, exclude: Selector = Non
     if packed:  # some layers pruned, the packed ones not: the sparsity asked for is not the model's
         notes.append(f"{type(model).__name__}: {packed}; they are not pruned")
     check_materialized(model, kept)
+    stacked = stacked_note(model, include, exclude, types, [module for _, module in kept])
+    if stacked:
+        notes.append(stacked)
     for note in notes:
         warnings.warn(note, stacklevel=3)  # the caller of the pruning method
     from ._masks import follow_attention  # here: _masks imports this module
