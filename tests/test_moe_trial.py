@@ -262,3 +262,20 @@ def test_llava_language_model_pruned_and_packed_alone_matches_the_masked_model()
         torch.testing.assert_close(model(**batch).logits, masked(**batch).logits, rtol=1e-4, atol=1e-4)
     settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert torch.equal(model.generate(**batch, **settings), masked.generate(**batch, **settings))
+
+
+class _FusedExperts(nn.Module):
+    """Experts stacked in one 3-D Parameter, as transformers 5 keeps them: no nn.Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(4, 16, 8))
+
+
+def test_a_callable_selector_written_for_layers_still_works_beside_fused_experts():
+    # Looking for stacked weights asked the user's selector about every module (Sequential,
+    # ReLU, the experts): `m.out_features` raised AttributeError from inside prune.random.
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), _FusedExperts(), nn.Linear(8, 4))
+    caught = _record(lambda: prune.random(model, 0.5, seed=0, include=lambda name, m: m.out_features == 8))
+    assert hasattr(model[0], "weight_mask") and not hasattr(model[3], "weight_mask")
+    assert any("stacked weight(s)" in text and "'2.gate_up_proj'" in text for text in caught)

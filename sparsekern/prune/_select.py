@@ -126,16 +126,28 @@ def stacked_weights(model: nn.Module, include: Selector = None, exclude: Selecto
 
     found = []
     for name, module in model.named_modules():
-        if isinstance(module, (*types, *_NOT_LINEAR, _ConvNd, SparseLinear)) \
-                or not wanted(name, module, include, exclude):
+        if isinstance(module, (*types, *_NOT_LINEAR, _ConvNd, SparseLinear)):
             continue
+        stacks = []
         for param_name, param in module.named_parameters(recurse=False):
             stack = param.ndim == 3 and param.shape[0] > 1  # [1, n, d] is a position embedding, not a stack
             rows = (param.ndim == 2 and "expert" in name.lower() and param_name != "weight"
                     and "bias" not in param_name)
             if stack or rows:
-                found.append((_qualified(name, param_name), param))
+                stacks.append((_qualified(name, param_name), param))
+        if stacks and _selected(name, module, include, exclude):
+            found += stacks
     return found
+
+
+def _selected(name: str, module: nn.Module, include: Selector, exclude: Selector) -> bool:
+    """wanted(), for a module that is not a layer: a user's callable selector is written for the
+    layers it picks (`lambda name, m: m.out_features == 8`) and may fail on anything else; then
+    the module counts as selected, so that its stacked weights are still named (a warning only)."""
+    try:
+        return wanted(name, module, include, exclude)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return True
 
 
 def stacked_note(model: nn.Module, include: Selector, exclude: Selector, types: tuple[type, ...],
