@@ -149,7 +149,9 @@ def load(model: nn.Module, path: str, device=None) -> nn.Module:
     with its [in, out] weight) of the same shape and
     bias; it is replaced by a SparseLinear in the recorded format, filled from the packed
     tensors (no dense weight is built). Every other parameter and buffer must match the
-    file by name, shape and dtype. device: where the tensors go (default: the model's).
+    file by name, shape and dtype. device: where the packed layers go (default: the model's);
+    the model's other tensors are filled where they are, so move the model first to load it
+    onto another device.
     A model built on the meta device (``with torch.device("meta"):``, which allocates nothing)
     is filled too: its tensors are taken from the file, on `device` (default CPU); any the file
     does not hold (non-persistent buffers) stay on meta, with a warning naming them. `model`
