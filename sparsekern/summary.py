@@ -41,7 +41,7 @@ class Summary:
     @property
     def stacked_bytes(self) -> int:
         """Bytes of the stacked 3-D weights (fused mixture-of-experts experts) left dense."""
-        return sum(size for _, _, size in getattr(self, "stacked", ()))  # a Summary pickled before: none
+        return sum(size for _, _, size in self.stacked)
 
     @property
     def plan(self) -> Dict[str, str]:
